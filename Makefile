@@ -1,0 +1,86 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(VENV)/bin
+SPACY_MODEL := build/spacy/zh_lakala
+MODEL := models/lakala.tar.gz
+NLU_RESULTS := results/nlu
+CORE_RESULTS := results/core
+
+# Rasa 3.6 runs on Python 3.8-3.10; prefer pyenv's 3.10, then one on PATH.
+PYTHON310 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.10.*/bin/python) $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python) $(shell command -v python3.10 2>/dev/null))
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export SQLALCHEMY_SILENCE_UBER_WARNING ?= 1
+export PYTHONDONTWRITEBYTECODE ?= 1
+export TQDM_DISABLE ?= 1
+
+NLU_DATA := $(shell find data -name '*.yml' 2>/dev/null)
+NLU_CODE := $(wildcard lakala_nlu/*.py) lakala_nlu/userdict.txt
+
+.PHONY: help install spacy train run test lint validate unit nlu-test core-test e2e clean lock
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	@if [ -z "$(PYTHON310)" ]; then \
+	  echo "Python 3.10 is required (Rasa 3.6 supports 3.8-3.10) and none was found."; \
+	  echo "Install it, e.g. 'pyenv install 3.10.13' or 'apt-get install python3.10 python3.10-venv',"; \
+	  echo "or point to it: make PYTHON310=/path/to/python3.10 ..."; exit 1; fi
+	@$(PYTHON310) -c 'import sys; assert sys.version_info[:2] == (3, 10), sys.version' \
+	  || { echo "$(PYTHON310) is not Python 3.10"; exit 1; }
+	$(PYTHON310) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip==24.0
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed  ## create the virtual environment and install pinned packages
+
+$(SPACY_MODEL)/meta.json: lakala_nlu/spacy_zh.py lakala_nlu/userdict.txt $(VENV)/.installed
+	$(BIN)/python -m lakala_nlu.spacy_zh $(SPACY_MODEL)
+
+spacy: $(SPACY_MODEL)/meta.json  ## build the Chinese spaCy pipeline from files in the repo
+
+$(MODEL): config.yml domain.yml $(NLU_DATA) $(NLU_CODE) $(SPACY_MODEL)/meta.json
+	$(BIN)/rasa train --fixed-model-name lakala --out models --force
+	@touch $@
+
+train: $(MODEL)  ## train the model when its inputs changed
+
+run: $(MODEL)  ## install, build, train if needed, then start the bot
+	@bash scripts/run.sh
+
+lint: $(VENV)/.installed  ## static checks
+	$(BIN)/ruff check actions lakala_nlu tests scripts
+
+validate: $(VENV)/.installed  ## rasa data validate, failing on any warning
+	$(BIN)/python scripts/validate.py
+
+unit: $(SPACY_MODEL)/meta.json  ## tests that need no trained model
+	$(BIN)/python -m pytest -q tests/unit
+
+nlu-test: $(MODEL)  ## rasa test nlu on tests/nlu_test.yml with accuracy gates
+	rm -rf $(NLU_RESULTS)
+	$(BIN)/rasa test nlu --model $(MODEL) --nlu tests/nlu_test.yml --out $(NLU_RESULTS) --no-plot
+	$(BIN)/python scripts/nlu_gate.py $(NLU_RESULTS) tests/nlu_test.yml
+
+core-test: $(MODEL)  ## rasa test on tests/test_stories.yml, failing on any wrong prediction
+	rm -rf $(CORE_RESULTS)
+	$(BIN)/rasa test core --model $(MODEL) --stories tests/test_stories.yml --out $(CORE_RESULTS) --fail-on-prediction-errors --no-plot
+
+e2e: $(MODEL)  ## real Rasa and action servers, talked to over HTTP
+	$(BIN)/python -m pytest -q tests/e2e
+
+test: lint validate unit nlu-test core-test e2e  ## run every test
+
+lock:  ## re-pin requirements.txt from requirements.in
+	$(BIN)/python -m pip install --quiet -r requirements.in
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^pkg_resources' > requirements.txt
+
+clean:  ## remove build outputs (keeps the virtual environment)
+	rm -rf build models/*.tar.gz results .pytest_cache

@@ -1,0 +1,62 @@
+"""Settings for the action server, read from the environment with safe local defaults."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DB_TIMEOUT_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    repo_root: Path
+    terminal_db_url: str
+    db_timeout_seconds: float
+    uses_default_db: bool
+
+    @property
+    def var_dir(self) -> Path:
+        return self.repo_root / "var"
+
+    @property
+    def domain_path(self) -> Path:
+        return self.repo_root / "domain.yml"
+
+    def ensure_local_dirs(self) -> None:
+        """Create the directory of the default SQLite file; a configured URL is left alone."""
+        if self.uses_default_db:
+            self.var_dir.mkdir(parents=True, exist_ok=True)
+
+
+def default_db_url(repo_root: Path = REPO_ROOT) -> str:
+    return f"sqlite:///{repo_root / 'var' / 'terminals.db'}"
+
+
+def _timeout_from_env(raw: str | None) -> float:
+    if raw is None or not raw.strip():
+        return DEFAULT_DB_TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        logger.warning("Ignoring invalid DB_TIMEOUT_SECONDS=%r; using %s", raw, DEFAULT_DB_TIMEOUT_SECONDS)
+        return DEFAULT_DB_TIMEOUT_SECONDS
+    return value
+
+
+def get_settings() -> Settings:
+    """Read the environment now (not at import time), so tests and processes can override it."""
+    url = os.environ.get("TERMINAL_DB_URL", "").strip()
+    return Settings(
+        repo_root=REPO_ROOT,
+        terminal_db_url=url or default_db_url(),
+        db_timeout_seconds=_timeout_from_env(os.environ.get("DB_TIMEOUT_SECONDS")),
+        uses_default_db=not url,
+    )

@@ -1,0 +1,1 @@
+"""Chinese NLU building blocks for the Lakala support bot (text normalisation, jieba, spaCy)."""

@@ -1,0 +1,80 @@
+"""Length-preserving text normalisation shared by the NLU pipeline and the actions.
+
+Every function here keeps one output character per input character, so entity
+offsets annotated on the original text stay valid after normalisation.
+"""
+import functools
+import re
+import unicodedata
+from typing import Optional
+
+MAX_MESSAGE_CHARS = 300
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN_WORD = re.compile(r"[A-Za-z]+")
+_MEANINGFUL = re.compile(r"[0-9A-Za-z\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+@functools.lru_cache(maxsize=1)
+def _t2s():
+    from opencc import OpenCC
+
+    return OpenCC("t2s")
+
+
+def _to_halfwidth(char: str) -> str:
+    folded = unicodedata.normalize("NFKC", char)
+    return folded if len(folded) == 1 else char
+
+
+@functools.lru_cache(maxsize=8192)
+def _simplify_char(char: str) -> str:
+    converted = _t2s().convert(char)
+    return converted if len(converted) == 1 else char
+
+
+def to_simplified(text: str) -> str:
+    """Traditional -> simplified Chinese, phrase-aware where lengths allow."""
+    if not _CJK.search(text):
+        return text
+    converted = _t2s().convert(text)
+    if len(converted) == len(text):
+        return converted
+    return "".join(_simplify_char(c) for c in text)
+
+
+def normalize(text: Optional[str]) -> str:
+    """Full-width -> half-width and traditional -> simplified, same length."""
+    if not text:
+        return ""
+    return to_simplified("".join(_to_halfwidth(c) for c in text))
+
+
+def has_cjk(text: str) -> bool:
+    return bool(_CJK.search(text or ""))
+
+
+def is_meaningless(text: Optional[str]) -> bool:
+    """True for empty messages and messages of only emoji, punctuation or spaces."""
+    return not _MEANINGFUL.search(text or "")
+
+
+def is_too_long(text: Optional[str]) -> bool:
+    return len(text or "") > MAX_MESSAGE_CHARS
+
+
+def is_foreign_sentence(text: Optional[str]) -> bool:
+    """A Latin-script sentence of three or more words with no Chinese in it."""
+    text = text or ""
+    return not has_cjk(text) and len(_LATIN_WORD.findall(text)) >= 3
+
+
+def input_issue(text: Optional[str]) -> Optional[str]:
+    """Names what is wrong with a message before any model looks at it."""
+    if is_meaningless(text):
+        return "empty"
+    if is_too_long(text):
+        return "too_long"
+    if is_foreign_sentence(text):
+        return "foreign"
+    return None

@@ -1,0 +1,45 @@
+"""Reads `rasa test nlu` results and fails unless the NLU meets the project's bar:
+intent accuracy >= 0.95 and at least 90 % of out_of_scope examples rejected (not
+classified as any domain intent)."""
+import json
+import sys
+from pathlib import Path
+
+MIN_ACCURACY = 0.95
+MIN_OOS_REJECTION = 0.90
+REJECTED = {"out_of_scope", "nlu_fallback"}
+
+
+def main(results: Path, test_file: Path) -> int:
+    report = json.loads((results / "intent_report.json").read_text())
+    errors_path = results / "intent_errors.json"
+    errors = json.loads(errors_path.read_text()) if errors_path.exists() else []
+    accuracy = report["accuracy"]
+    macro_f1 = report["macro avg"]["f1-score"]
+    oos_total = report.get("out_of_scope", {}).get("support", 0)
+    oos_leaked = [
+        e for e in errors
+        if e["intent"] == "out_of_scope"
+        and (e.get("intent_prediction") or {}).get("name") not in REJECTED
+    ]
+    rejection = 1 - len(oos_leaked) / oos_total if oos_total else 0.0
+    print(f"intent accuracy {accuracy:.3f}, macro F1 {macro_f1:.3f}, "
+          f"out_of_scope rejected {rejection:.3f} ({oos_total - len(oos_leaked)}/{oos_total})")
+    for e in errors:
+        predicted = e.get("intent_prediction") or {}
+        print(f"  {e['intent']:>24} -> {predicted.get('name')} "
+              f"({predicted.get('confidence', 0):.2f})  {e['text']}")
+    failed = []
+    if accuracy < MIN_ACCURACY:
+        failed.append(f"intent accuracy {accuracy:.3f} < {MIN_ACCURACY}")
+    if rejection < MIN_OOS_REJECTION:
+        failed.append(f"out_of_scope rejection {rejection:.3f} < {MIN_OOS_REJECTION}")
+    if failed:
+        print("NLU gate failed: " + "; ".join(failed))
+        return 1
+    print("NLU gate passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
