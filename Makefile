@@ -47,7 +47,11 @@ $(SPACY_MODEL)/meta.json: lakala_nlu/spacy_zh.py lakala_nlu/userdict.txt $(VENV)
 spacy: $(SPACY_MODEL)/meta.json  ## build the Chinese spaCy pipeline from files in the repo
 
 $(MODEL): config.yml domain.yml $(NLU_DATA) $(NLU_CODE) $(SPACY_MODEL)/meta.json
-	$(BIN)/rasa train --fixed-model-name lakala --out models --force
+	@mkdir -p results
+	@echo "training (log: results/train.log) ..."
+	@start=$$(date +%s); $(BIN)/rasa train --fixed-model-name lakala --out models --force \
+	  > results/train.log 2>&1 || { tail -n 40 results/train.log; exit 1; }; \
+	  echo "trained in $$(( $$(date +%s) - start )) s: $@ ($$(du -h $@ | cut -f1))"
 	@touch $@
 
 train: $(MODEL)  ## train the model when its inputs changed

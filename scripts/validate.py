@@ -1,15 +1,23 @@
 """Runs `rasa data validate` and fails on any warning.
 
-The one exception is Rasa's "utterance ... is not used in any story or rule" for a
-response that a custom action sends: the validator cannot see inside actions, so
-such a response is accepted only if the action code really names it.
+Two of Rasa 3.6's warnings are false positives for this project and are accepted
+only where they are provably false:
+- "utterance ... is not used in any story or rule" for a response that a custom
+  action sends (the action code names it), that a form asks with (utter_ask_<slot>
+  for a form's required slot), or that Rasa's own fallback action sends;
+- "duplicated intents ... across multiple domain files" naming only retrieval
+  intents: the stories need them in domain.yml, and Rasa adds them again from the
+  NLU data.
 """
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
+DUPLICATED = re.compile(r"duplicated intents have been found across multiple domain files: (.+)")
 UNUSED = re.compile(r"The utterance '([^']+)' is not used in any story or rule")
 ACTION_LITERAL = re.compile(r"[\"'](utter_[A-Za-z0-9_/]+)[\"']")
 # Sent by Rasa's own action_default_fallback, which RulePolicy triggers.
@@ -23,6 +31,32 @@ def responses_sent_by_actions() -> set:
     return names
 
 
+def form_questions() -> set:
+    domain = yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))
+    return {
+        f"utter_ask_{slot}"
+        for form in (domain.get("forms") or {}).values()
+        for slot in form.get("required_slots", [])
+    }
+
+
+def retrieval_intents() -> set:
+    names = set()
+    for path in (ROOT / "data").rglob("*.yml"):
+        names.update(re.findall(r"intent:\s*(\w+)/\w+", path.read_text(encoding="utf-8")))
+    return names
+
+
+def accepted(line: str, allowed: set, retrieval: set) -> bool:
+    unused = UNUSED.search(line)
+    if unused:
+        return unused.group(1) in allowed
+    duplicated = DUPLICATED.search(line)
+    if duplicated:
+        return {n.strip() for n in duplicated.group(1).split(",")} <= retrieval
+    return False
+
+
 def main() -> int:
     rasa = Path(sys.executable).with_name("rasa")
     proc = subprocess.run(
@@ -32,27 +66,23 @@ def main() -> int:
         text=True,
     )
     output = proc.stdout + proc.stderr
-    allowed = responses_sent_by_actions()
-    problems = []
+    allowed = responses_sent_by_actions() | form_questions()
+    retrieval = retrieval_intents()
+    problems, accepted_count = [], 0
     for line in output.splitlines():
-        unused = UNUSED.search(line)
-        if unused and unused.group(1) in allowed:
-            continue
-        if unused or ("UserWarning" in line) or re.search(r"\bERROR\b", line):
+        if accepted(line, allowed, retrieval):
+            accepted_count += 1
+        elif "UserWarning" in line or re.search(r"\bERROR\b|Traceback|Exception", line):
             problems.append(line.strip())
     if problems:
         print("rasa data validate reported:\n  " + "\n  ".join(problems))
         return 1
-    if proc.returncode != 0 and not _only_allowed(output, allowed):
+    # --fail-on-warnings also exits non-zero for the accepted false positives.
+    if proc.returncode != 0 and accepted_count == 0:
         print(output)
         return proc.returncode
-    print("rasa data validate: no warnings")
+    print(f"rasa data validate: no warnings ({accepted_count} known false positives accepted)")
     return 0
-
-
-def _only_allowed(output: str, allowed: set) -> bool:
-    """--fail-on-warnings exits non-zero for the accepted warnings too; check that is all."""
-    return all(name in allowed for name in UNUSED.findall(output))
 
 
 if __name__ == "__main__":
