@@ -7,7 +7,7 @@ sentence is a response in domain.yml.
 import asyncio
 import datetime as dt
 import logging
-from abc import ABC
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Dict, List, Optional, Text, TypeVar
 
 from rasa_sdk import Action, FormValidationAction, Tracker
@@ -143,6 +143,10 @@ def utter_backend_failed(dispatcher: CollectingDispatcher, error: Exception) -> 
 
 class TerminalVerification(FormValidationAction, ABC):
     """Shared checks of the terminal number and the phone tail (abstract: not registered)."""
+
+    @abstractmethod
+    def name(self) -> Text:
+        """The form's validation action name."""
 
     async def required_slots(
         self,

@@ -1,0 +1,21 @@
+"""Rasa's REST channel, guaranteed to answer every message."""
+from typing import Any, Awaitable, Callable, Text
+
+from rasa.core.channels.channel import UserMessage
+from rasa.core.channels.rest import RestInput
+from sanic import Blueprint
+
+from lakala_server.fallback import never_silent
+
+
+class SafeRestInput(RestInput):
+    """`/webhooks/rest/webhook`, answering with an apology instead of silence."""
+
+    @classmethod
+    def name(cls) -> Text:
+        return "rest"
+
+    def blueprint(
+        self, on_new_message: Callable[[UserMessage], Awaitable[Any]]
+    ) -> Blueprint:
+        return super().blueprint(never_silent(on_new_message))

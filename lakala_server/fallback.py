@@ -1,0 +1,53 @@
+"""The last line of defence against silence: if handling a message sent nothing
+back (the action server is down, a bug), the user still gets a short apology and
+the way to a human, taken from domain.yml."""
+import copy
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Dict, List, Text
+
+import yaml
+from rasa.core.channels.channel import UserMessage
+
+logger = logging.getLogger(__name__)
+
+FAILURE_RESPONSE = "utter_backend_failed"
+DOMAIN_FILE = Path("domain.yml")
+
+
+@functools.lru_cache(maxsize=1)
+def failure_message() -> Dict[Text, Any]:
+    domain = yaml.safe_load(DOMAIN_FILE.read_text(encoding="utf-8"))
+    variation = dict(domain["responses"][FAILURE_RESPONSE][0])
+    variation.pop("condition", None)
+    return variation
+
+
+def never_silent(
+    on_new_message: Callable[[UserMessage], Awaitable[Any]]
+) -> Callable[[UserMessage], Awaitable[Any]]:
+    """Wraps a channel's message handler so every message gets at least one reply."""
+
+    async def handle(message: UserMessage) -> None:
+        channel = message.output_channel
+        original = channel.send_response
+        sent: List[int] = [0]
+
+        async def counting(recipient_id: Text, response: Dict[Text, Any]) -> None:
+            sent[0] += 1
+            await original(recipient_id, response)
+
+        channel.send_response = counting  # type: ignore[method-assign]
+        try:
+            await on_new_message(message)
+        except Exception:
+            logger.exception("handling a message failed; answering with the failure response")
+        finally:
+            channel.send_response = original  # type: ignore[method-assign]
+        if sent[0] == 0:
+            logger.error("no reply for a message from %s; sending %s", message.sender_id, FAILURE_RESPONSE)
+            # send_response pops keys from the dict it is given: hand it a copy.
+            await original(message.sender_id, copy.deepcopy(failure_message()))
+
+    return handle

@@ -1,0 +1,36 @@
+"""Rasa's SQL tracker store, configured by one SQLAlchemy URL so conversations
+survive a server restart on SQLite (default) or PostgreSQL."""
+import os
+from pathlib import Path
+from typing import Any, Optional, Text
+
+from rasa.core.brokers.broker import EventBroker
+from rasa.core.tracker_store import SQLTrackerStore
+from rasa.shared.core.domain import Domain
+
+DEFAULT_SQLITE_PATH = Path("var") / "tracker.db"
+
+
+def tracker_db_url() -> Text:
+    url = os.environ.get("TRACKER_DB_URL", "").strip()
+    if url:
+        return url
+    DEFAULT_SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{DEFAULT_SQLITE_PATH}"
+
+
+class UrlSQLTrackerStore(SQLTrackerStore):
+    """SQLTrackerStore whose database comes from TRACKER_DB_URL."""
+
+    def __init__(
+        self,
+        domain: Optional[Domain] = None,
+        event_broker: Optional[EventBroker] = None,
+        **kwargs: Any,
+    ) -> None:
+        self._url = tracker_db_url()
+        kwargs.pop("host", None)
+        super().__init__(domain=domain, event_broker=event_broker, **kwargs)
+
+    def get_db_url(self, *args: Any, **kwargs: Any) -> Text:  # type: ignore[override]
+        return self._url
