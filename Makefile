@@ -60,7 +60,7 @@ run: $(MODEL)  ## install, build, train if needed, then start the bot
 	@bash scripts/run.sh
 
 lint: $(VENV)/.installed  ## static checks
-	$(BIN)/ruff check actions lakala_nlu tests scripts
+	$(BIN)/ruff check actions lakala_nlu lakala_server tests scripts
 
 validate: $(VENV)/.installed  ## rasa data validate, failing on any warning
 	$(BIN)/python scripts/validate.py

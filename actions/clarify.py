@@ -1,9 +1,9 @@
 """Choosing what to say when the NLU is unsure: the user's best-guess intents as buttons."""
-from typing import Any, Dict, List, Optional, Text
+from typing import Any, Dict, List, Optional
 
 from rasa_sdk import Action, Tracker
-from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.events import EventType
+from rasa_sdk.executor import CollectingDispatcher
 
 OPTIONS_RESPONSE = "utter_clarify_options"
 ISSUE_RESPONSES = {
@@ -16,13 +16,13 @@ MIN_GUESS_CONFIDENCE = 0.05
 RETRIEVAL_INTENT = "faq"
 
 
-def clarify_options(domain: Dict[Text, Any]) -> Dict[Text, Text]:
+def clarify_options(domain: Dict[str, Any]) -> Dict[str, str]:
     """The intents that may be offered as guesses, with their Chinese labels from the domain."""
     variations = domain.get("responses", {}).get(OPTIONS_RESPONSE) or [{}]
     return dict(variations[0].get("custom", {}).get("options", {}))
 
 
-def _ranked_keys(message: Dict[Text, Any]) -> List[tuple]:
+def _ranked_keys(message: Dict[str, Any]) -> List[tuple]:
     keys = []
     for entry in message.get("intent_ranking") or []:
         name, confidence = entry.get("name"), entry.get("confidence") or 0.0
@@ -38,8 +38,8 @@ def _ranked_keys(message: Dict[Text, Any]) -> List[tuple]:
 
 
 def best_guesses(
-    message: Dict[Text, Any], options: Dict[Text, Text], limit: int = MAX_GUESSES
-) -> List[Text]:
+    message: Dict[str, Any], options: Dict[str, str], limit: int = MAX_GUESSES
+) -> List[str]:
     """Offerable intent keys, most likely first."""
     ranked = sorted(_ranked_keys(message), key=lambda pair: pair[1], reverse=True)
     guesses = [
@@ -50,7 +50,7 @@ def best_guesses(
     return guesses[:limit]
 
 
-def button_for(key: Text, label: Text) -> Dict[Text, Text]:
+def button_for(key: str, label: str) -> Dict[str, str]:
     # Retrieval sub-intents cannot be triggered by "/intent" payloads, so their
     # button sends the question itself.
     payload = label if "/" in key else f"/{key}"
@@ -60,17 +60,17 @@ def button_for(key: Text, label: Text) -> Dict[Text, Text]:
 class ActionClarify(Action):
     """Asks the user to pick among the likeliest meanings, or to rephrase."""
 
-    def name(self) -> Text:
+    def name(self) -> str:
         return "action_clarify"
 
     async def run(
         self,
         dispatcher: CollectingDispatcher,
         tracker: Tracker,
-        domain: Dict[Text, Any],
+        domain: Dict[str, Any],
     ) -> List[EventType]:
         message = tracker.latest_message or {}
-        issue: Optional[Text] = message.get("input_issue")
+        issue: Optional[str] = message.get("input_issue")
         if issue in ISSUE_RESPONSES:
             dispatcher.utter_message(response=ISSUE_RESPONSES[issue])
             return []
@@ -85,7 +85,7 @@ class ActionClarify(Action):
         return []
 
 
-def _unique(buttons: List[Dict[Text, Text]]) -> List[Dict[Text, Text]]:
+def _unique(buttons: List[Dict[str, str]]) -> List[Dict[str, str]]:
     seen, result = set(), []
     for button in buttons:
         if button["payload"] not in seen and button["title"]:

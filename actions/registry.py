@@ -185,7 +185,7 @@ def normalize_phone_tail(text: str | None) -> str | None:
 
 
 def hash_phone_tail(terminal_id: str, tail: str) -> str:
-    return hashlib.sha256(f"{terminal_id}:{tail}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{terminal_id}:{tail}".encode()).hexdigest()
 
 
 def new_request_id(on: dt.date) -> str:

@@ -8,7 +8,7 @@ import asyncio
 import datetime as dt
 import logging
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, List, Optional, Text, TypeVar
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from rasa_sdk import Action, FormValidationAction, Tracker
 from rasa_sdk.events import EventType, SlotSet
@@ -58,11 +58,11 @@ async def registry_call(function: Callable[..., T], *args: Any) -> T:
         raise BackendFailure(str(error)) from error
 
 
-def day(value: Optional[dt.date]) -> Text:
+def day(value: Optional[dt.date]) -> str:
     return value.isoformat() if value else ""
 
 
-def status_values(status: TerminalStatus) -> Dict[Text, Any]:
+def status_values(status: TerminalStatus) -> Dict[str, Any]:
     """The values every terminal response may fill in."""
     return {
         "terminal_id": status.terminal_id,
@@ -145,16 +145,16 @@ class TerminalVerification(FormValidationAction, ABC):
     """Shared checks of the terminal number and the phone tail (abstract: not registered)."""
 
     @abstractmethod
-    def name(self) -> Text:
+    def name(self) -> str:
         """The form's validation action name."""
 
     async def required_slots(
         self,
-        domain_slots: List[Text],
+        domain_slots: List[str],
         dispatcher: CollectingDispatcher,
         tracker: Tracker,
         domain: DomainDict,
-    ) -> List[Text]:
+    ) -> List[str]:
         if is_locked(tracker):
             return []
         return domain_slots
@@ -165,7 +165,7 @@ class TerminalVerification(FormValidationAction, ABC):
         dispatcher: CollectingDispatcher,
         tracker: Tracker,
         domain: DomainDict,
-    ) -> Dict[Text, Any]:
+    ) -> Dict[str, Any]:
         terminal_id = normalize_terminal_id(str(value or ""))
         if terminal_id is None:
             dispatcher.utter_message(response="utter_terminal_id_malformed")
@@ -178,7 +178,7 @@ class TerminalVerification(FormValidationAction, ABC):
         if record is None:
             dispatcher.utter_message(response="utter_terminal_not_found", terminal_id=terminal_id)
             return {"terminal_id": None}
-        slots: Dict[Text, Any] = {"terminal_id": terminal_id}
+        slots: Dict[str, Any] = {"terminal_id": terminal_id}
         if tracker.get_slot("verified_terminal") != terminal_id:
             slots.update(phone_tail=None, verified_terminal=None)
         return slots
@@ -189,7 +189,7 @@ class TerminalVerification(FormValidationAction, ABC):
         dispatcher: CollectingDispatcher,
         tracker: Tracker,
         domain: DomainDict,
-    ) -> Dict[Text, Any]:
+    ) -> Dict[str, Any]:
         terminal_id = tracker.get_slot("terminal_id")
         if value == VERIFIED and tracker.get_slot("verified_terminal") == terminal_id:
             return {"phone_tail": VERIFIED}
@@ -215,23 +215,23 @@ class TerminalVerification(FormValidationAction, ABC):
 class ValidateTerminalStatusForm(TerminalVerification):
     """Checks the terminal number and phone tail before a status lookup."""
 
-    def name(self) -> Text:
+    def name(self) -> str:
         return "validate_terminal_status_form"
 
 
 class ValidateDeregistrationForm(TerminalVerification):
     """Checks the terminal and skips the confirmation when there is nothing to confirm."""
 
-    def name(self) -> Text:
+    def name(self) -> str:
         return "validate_deregistration_form"
 
     async def required_slots(
         self,
-        domain_slots: List[Text],
+        domain_slots: List[str],
         dispatcher: CollectingDispatcher,
         tracker: Tracker,
         domain: DomainDict,
-    ) -> List[Text]:
+    ) -> List[str]:
         slots = await super().required_slots(domain_slots, dispatcher, tracker, domain)
         terminal_id = tracker.get_slot("verified_terminal")
         if not slots or not terminal_id or terminal_id != tracker.get_slot("terminal_id"):
@@ -249,7 +249,7 @@ class ValidateDeregistrationForm(TerminalVerification):
 class ActionAskDeregistrationConfirmed(Action):
     """Shows what deregistering costs and returns, then asks the user to confirm."""
 
-    def name(self) -> Text:
+    def name(self) -> str:
         return "action_ask_deregistration_confirmed"
 
     async def run(
@@ -282,7 +282,7 @@ class ActionAskDeregistrationConfirmed(Action):
 class ActionTerminalStatus(Action):
     """Tells the verified user their terminal's state, deposit and fee."""
 
-    def name(self) -> Text:
+    def name(self) -> str:
         return "action_terminal_status"
 
     async def run(
@@ -309,7 +309,7 @@ class ActionTerminalStatus(Action):
 class ActionTerminalFollowup(Action):
     """Answers deposit, fee and dormancy questions for the terminal verified earlier."""
 
-    def name(self) -> Text:
+    def name(self) -> str:
         return "action_terminal_followup"
 
     async def run(
@@ -334,7 +334,7 @@ class ActionTerminalFollowup(Action):
 class ActionSubmitDeregistration(Action):
     """Records the confirmed deregistration request, once per terminal."""
 
-    def name(self) -> Text:
+    def name(self) -> str:
         return "action_submit_deregistration"
 
     async def run(

@@ -1,5 +1,5 @@
 """Rasa's REST channel, guaranteed to answer every message."""
-from typing import Any, Awaitable, Callable, Text
+from typing import Any, Awaitable, Callable
 
 from rasa.core.channels.channel import UserMessage
 from rasa.core.channels.rest import RestInput
@@ -12,7 +12,7 @@ class SafeRestInput(RestInput):
     """`/webhooks/rest/webhook`, answering with an apology instead of silence."""
 
     @classmethod
-    def name(cls) -> Text:
+    def name(cls) -> str:
         return "rest"
 
     def blueprint(

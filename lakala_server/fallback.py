@@ -5,7 +5,7 @@ import copy
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Text
+from typing import Any, Awaitable, Callable, Dict, List
 
 import yaml
 from rasa.core.channels.channel import UserMessage
@@ -17,7 +17,7 @@ DOMAIN_FILE = Path("domain.yml")
 
 
 @functools.lru_cache(maxsize=1)
-def failure_message() -> Dict[Text, Any]:
+def failure_message() -> Dict[str, Any]:
     domain = yaml.safe_load(DOMAIN_FILE.read_text(encoding="utf-8"))
     variation = dict(domain["responses"][FAILURE_RESPONSE][0])
     variation.pop("condition", None)
@@ -34,7 +34,7 @@ def never_silent(
         original = channel.send_response
         sent: List[int] = [0]
 
-        async def counting(recipient_id: Text, response: Dict[Text, Any]) -> None:
+        async def counting(recipient_id: str, response: Dict[str, Any]) -> None:
             sent[0] += 1
             await original(recipient_id, response)
 

@@ -2,7 +2,7 @@
 survive a server restart on SQLite (default) or PostgreSQL."""
 import os
 from pathlib import Path
-from typing import Any, Optional, Text
+from typing import Any, Optional
 
 from rasa.core.brokers.broker import EventBroker
 from rasa.core.tracker_store import SQLTrackerStore
@@ -11,7 +11,7 @@ from rasa.shared.core.domain import Domain
 DEFAULT_SQLITE_PATH = Path("var") / "tracker.db"
 
 
-def tracker_db_url() -> Text:
+def tracker_db_url() -> str:
     url = os.environ.get("TRACKER_DB_URL", "").strip()
     if url:
         return url
@@ -32,5 +32,5 @@ class UrlSQLTrackerStore(SQLTrackerStore):
         kwargs.pop("host", None)
         super().__init__(domain=domain, event_broker=event_broker, **kwargs)
 
-    def get_db_url(self, *args: Any, **kwargs: Any) -> Text:  # type: ignore[override]
+    def get_db_url(self, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]
         return self._url

@@ -1,0 +1,12 @@
+import pytest
+
+from tests.e2e.servers import MODEL, Bot
+
+
+@pytest.fixture(scope="session")
+def bot(tmp_path_factory):
+    if not MODEL.exists():
+        pytest.fail("no trained model: run `make train` (make e2e does)")
+    running = Bot(tmp_path_factory.mktemp("bot")).start()
+    yield running
+    running.stop()

@@ -1,0 +1,182 @@
+"""A merchant chatting over REST with the real Rasa server and action server."""
+import datetime as dt
+import uuid
+
+import pytest
+
+from actions import policy
+from actions.registry import Registry
+from tests.e2e.expect import assert_said, said
+
+TODAY = dt.date.today()
+
+
+def new_sender() -> str:
+    return f"e2e-{uuid.uuid4().hex[:10]}"
+
+
+def lookup(bot, sender, terminal_id, tail, opener="帮我查一下终端状态"):
+    assert_said(bot.texts(sender, opener), "utter_ask_terminal_id")
+    assert_said(bot.texts(sender, terminal_id), "utter_ask_phone_tail")
+    return bot.texts(sender, tail)
+
+
+def day(offset: int) -> str:
+    return (TODAY + dt.timedelta(days=offset)).isoformat()
+
+
+@pytest.mark.parametrize(
+    "message, response",
+    [
+        ("", "utter_empty_input"),
+        ("   ", "utter_empty_input"),
+        ("😀😂👍", "utter_empty_input"),
+        ("？？！！。。", "utter_empty_input"),
+        ("押金" * 2500, "utter_too_long"),
+        ("Hello, how can I close my Lakala account please?", "utter_chinese_only"),
+    ],
+)
+def test_bad_input_gets_a_polite_answer(bot, message, response):
+    assert_said(bot.texts(new_sender(), message), response)
+
+
+@pytest.mark.parametrize(
+    "message, response",
+    [
+        ("押金能退吗", "utter_deposit"),
+        ("押金能退嗎", "utter_deposit"),
+        ("拉卡拉帳戶要怎麼註銷", "utter_deregister_account"),
+        ("poss机不用了怎么注消", "utter_deregister_terminal"),
+        ("三个月没刷卡会不会被停用", "utter_dormancy"),
+        ("今天天气怎么样", "utter_out_of_scope"),
+        ("教我怎么用刷卡机套现", "utter_decline_cash_out"),
+        ("转人工", "utter_handoff"),
+        ("一清和二清哪个更安全", "utter_faq/yiqing_erqing"),
+    ],
+)
+def test_article_answers(bot, message, response):
+    assert_said(bot.texts(new_sender(), message), response)
+
+
+def test_active_terminal(bot):
+    texts = lookup(bot, new_sender(), "30091254", "6721")
+    assert_said(texts, "utter_status_active", terminal_id="30091254", merchant="张记便利店",
+                device="电签POS", last_tx=day(-2))
+    assert_said(texts, "utter_deposit_after_deregistration", terminal_id="30091254", deposit=299)
+    assert_said(texts, "utter_fee_due", fee=200, contract_end=day(200))
+
+
+def test_dormant_terminal_and_follow_up_questions(bot):
+    sender = new_sender()
+    texts = lookup(bot, sender, "k730-6118", "0839")
+    assert_said(texts, "utter_status_dormant", terminal_id="K7306118", merchant="李记水果店",
+                device="手机POS", last_tx=day(-100), auto_date=day(80), days_left=80)
+    assert_said(bot.texts(sender, "押金能退吗"), "utter_deposit_after_deregistration",
+                terminal_id="K7306118", deposit=99)
+    assert_said(bot.texts(sender, "现在注销要违约金吗"), "utter_fee_none",
+                terminal_id="K7306118", contract_end=day(-30))
+    assert_said(bot.texts(sender, "什么时候会被自动注销"), "utter_status_dormant",
+                terminal_id="K7306118", auto_date=day(80), days_left=80)
+
+
+def test_automatically_deregistered_terminal(bot):
+    texts = lookup(bot, new_sender(), "88004521", "1456")
+    assert_said(texts, "utter_status_auto_deregistered", terminal_id="88004521",
+                merchant="王家小馆", auto_date=day(-20))
+    assert_said(texts, "utter_deposit_refundable_now", terminal_id="88004521", deposit=199)
+
+
+def test_deregistration_in_progress(bot):
+    requested = policy.working_days_before(TODAY, 3).date
+    completes = policy.completion_date(requested)
+    texts = lookup(bot, new_sender(), "A0012345", "2290")
+    response = "utter_status_in_progress_estimate" if completes.is_estimate else "utter_status_in_progress"
+    assert_said(texts, response, terminal_id="A0012345", merchant="赵氏五金",
+                requested_on=requested.isoformat(), completes_on=completes.date.isoformat())
+    assert_said(texts, "utter_deposit_none", terminal_id="A0012345")
+
+
+def test_deregistered_terminal(bot):
+    texts = lookup(bot, new_sender(), "55550001", "9088")
+    assert_said(texts, "utter_status_deregistered", terminal_id="55550001", merchant="孙家超市")
+    assert_said(texts, "utter_deposit_refunded", terminal_id="55550001", deposit=299)
+
+
+def test_wrong_phone_tail_reveals_nothing_and_locks_after_three(bot):
+    sender = new_sender()
+    texts = lookup(bot, sender, "30091254", "1111")
+    assert_said(texts, "utter_phone_tail_wrong", tries_left=2)
+    texts += bot.texts(sender, "2222")
+    assert_said(texts, "utter_phone_tail_wrong", tries_left=1)
+    texts += bot.texts(sender, "3333")
+    assert_said(texts, "utter_verification_locked")
+    joined = "".join(texts)
+    for secret in ("张记便利店", "299", "200", "6721", "电签POS"):
+        assert secret not in joined
+    again = bot.texts(sender, "帮我查一下终端状态")
+    assert_said(again, "utter_verification_locked")
+
+
+def test_malformed_and_unknown_terminal_numbers(bot):
+    sender = new_sender()
+    bot.texts(sender, "查询终端状态")
+    assert_said(bot.texts(sender, "12345"), "utter_terminal_id_malformed")
+    texts = bot.texts(sender, "ZZ999999")
+    assert_said(texts, "utter_terminal_not_found", terminal_id="ZZ999999")
+    assert_said(texts, "utter_ask_terminal_id")
+    assert not any("30091254" in t or "K7306118" in t for t in texts)
+
+
+def test_digression_inside_the_form_then_resume(bot):
+    sender = new_sender()
+    bot.texts(sender, "帮我查一下终端状态")
+    texts = bot.texts(sender, "押金能退吗")
+    assert_said(texts, "utter_deposit")
+    assert_said(texts, "utter_ask_terminal_id")
+    assert_said(bot.texts(sender, "30091254"), "utter_ask_phone_tail")
+    texts = bot.texts(sender, "POS机的流量卡是什么")
+    assert_said(texts, "utter_faq/sim_card")
+    assert_said(texts, "utter_ask_phone_tail")
+    assert_said(bot.texts(sender, "6721"), "utter_status_active", terminal_id="30091254")
+
+
+def test_leaving_the_form(bot):
+    sender = new_sender()
+    bot.texts(sender, "查询终端状态")
+    assert_said(bot.texts(sender, "算了"), "utter_form_cancelled")
+    assert_said(bot.texts(sender, "押金能退吗"), "utter_deposit")
+
+
+def test_deregistration_declined_records_nothing(bot):
+    sender = new_sender()
+    bot.texts(sender, "我要注销终端K7306118")
+    texts = bot.texts(sender, "0839")
+    assert_said(texts, "utter_deregistration_no_fee", terminal_id="K7306118")
+    assert_said(texts, "utter_deposit_after_deregistration", terminal_id="K7306118", deposit=99)
+    assert said(texts, "utter_ask_deregistration_confirmed") or said(
+        texts, "utter_ask_deregistration_confirmed_estimate")
+    assert_said(bot.texts(sender, "不用了"), "utter_deregistration_cancelled", terminal_id="K7306118")
+    status = Registry(f"sqlite:///{bot.terminal_db}", auto_seed=False).status("K7306118")
+    assert status.request_id is None
+
+
+def test_deregistration_confirmed_once_even_when_asked_twice(bot):
+    sender = new_sender()
+    texts = bot.texts(sender, "帮我把终端30091254注销了")
+    assert_said(texts, "utter_ask_phone_tail")
+    texts = bot.texts(sender, "6721")
+    assert_said(texts, "utter_deregistration_fee_warning", terminal_id="30091254", fee=200)
+    texts = bot.texts(sender, "是的")
+    completes = policy.completion_date(TODAY)
+    response = ("utter_deregistration_submitted_estimate" if completes.is_estimate
+                else "utter_deregistration_submitted")
+    assert_said(texts, response, terminal_id="30091254", completes_on=completes.date.isoformat())
+    registry = Registry(f"sqlite:///{bot.terminal_db}", auto_seed=False)
+    first = registry.status("30091254").request_id
+    assert first and first in texts[0]
+    again = bot.texts(sender, "我要注销终端30091254")
+    assert_said(again, "utter_deregistration_exists", terminal_id="30091254", request_id=first)
+    other_user = new_sender()
+    bot.texts(other_user, "申请注销终端30091254")
+    assert_said(bot.texts(other_user, "6721"), "utter_deregistration_exists", request_id=first)
+    assert registry.status("30091254").request_id == first
