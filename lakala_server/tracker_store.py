@@ -1,12 +1,17 @@
 """Rasa's SQL tracker store, configured by one SQLAlchemy URL so conversations
-survive a server restart on SQLite (default) or PostgreSQL."""
+survive a server restart on SQLite (default) or PostgreSQL, with phone tails
+masked before they are written."""
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from rasa.core.brokers.broker import EventBroker
 from rasa.core.tracker_store import SQLTrackerStore
 from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import Event
+from rasa.shared.core.trackers import DialogueStateTracker
+
+from lakala_server.redaction import redact
 
 DEFAULT_SQLITE_PATH = Path("var") / "tracker.db"
 
@@ -34,3 +39,7 @@ class UrlSQLTrackerStore(SQLTrackerStore):
 
     def get_db_url(self, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]
         return self._url
+
+    def _additional_events(self, session: Any, tracker: DialogueStateTracker) -> Iterator[Event]:
+        new_events = list(super()._additional_events(session, tracker))
+        return redact(tracker.events, new_events)

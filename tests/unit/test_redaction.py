@@ -1,0 +1,48 @@
+"""Phone tails typed to verify a terminal never reach the conversation store in clear."""
+import asyncio
+from pathlib import Path
+
+import sqlalchemy as sa
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import ActionExecuted, SlotSet, UserUttered
+from rasa.shared.core.trackers import DialogueStateTracker
+
+from lakala_server.redaction import MASK, redact_event_dict
+from lakala_server.tracker_store import UrlSQLTrackerStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tail_turn():
+    tail_entity = {"entity": "phone_tail", "value": "0839", "start": 2, "end": 6}
+    return [
+        ActionExecuted("terminal_status_form"),
+        SlotSet("requested_slot", "phone_tail"),
+        UserUttered("尾号0839", {"name": "inform", "confidence": 0.9}, [tail_entity]),
+        SlotSet("phone_tail", "0839"),
+        SlotSet("phone_tail", "verified"),
+        UserUttered("终端30091254", {"name": "inform", "confidence": 0.9}, []),
+    ]
+
+
+def test_stored_events_hold_no_phone_tail(tmp_path, monkeypatch):
+    db = tmp_path / "tracker.db"
+    monkeypatch.setenv("TRACKER_DB_URL", f"sqlite:///{db}")
+    domain = Domain.load(str(ROOT / "domain.yml"))
+    tracker = DialogueStateTracker.from_events("merchant", _tail_turn(), domain.slots)
+    asyncio.run(UrlSQLTrackerStore(domain=domain).save(tracker))
+
+    raw = " ".join(row[0] for row in sa.create_engine(f"sqlite:///{db}").execute(sa.text("SELECT data FROM events")))
+    assert "0839" not in raw
+    assert MASK in raw
+    assert "30091254" in raw  # terminal numbers are not secret and stay readable
+
+    restored = asyncio.run(UrlSQLTrackerStore(domain=domain).retrieve("merchant"))
+    assert restored.get_slot("phone_tail") == "verified"
+    assert [e.text for e in restored.events if isinstance(e, UserUttered)] == [f"尾号{MASK}", "终端30091254"]
+
+
+def test_digits_typed_while_the_tail_is_asked_are_masked_even_without_an_entity():
+    event = UserUttered("是1456吧", {"name": "inform", "confidence": 0.5}, []).as_dict()
+    assert redact_event_dict(event, phone_tail_requested=True)["text"] == f"是{MASK}吧"
+    assert redact_event_dict(event, phone_tail_requested=False)["text"] == "是1456吧"

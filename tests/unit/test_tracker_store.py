@@ -1,0 +1,281 @@
+"""Conversations survive a restart: UrlSQLTrackerStore on a SQLite file and on the local PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+from rasa.core.tracker_store import TrackerStore, create_tracker_store
+from rasa.shared.core.constants import ACTION_LISTEN_NAME, ACTION_SESSION_START_NAME
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import (
+    ActionExecuted,
+    ActiveLoop,
+    BotUttered,
+    Event,
+    SessionStarted,
+    SlotSet,
+    UserUttered,
+)
+from rasa.shared.core.trackers import DialogueStateTracker
+from rasa.utils.endpoints import read_endpoint_config
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from lakala_server.tracker_store import UrlSQLTrackerStore
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="module")
+def domain() -> Domain:
+    return Domain.load(str(REPO_ROOT / "domain.yml"))
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rasa's own schema setting would override the URL's search_path.
+    monkeypatch.delenv("POSTGRESQL_SCHEMA", raising=False)
+    monkeypatch.delenv("TRACKER_DB_URL", raising=False)
+
+
+@pytest.fixture()
+def make_store(domain: Domain) -> Iterator[Callable[[], UrlSQLTrackerStore]]:
+    """A new store each call, as a restarted server would create; engines are disposed afterwards."""
+    created: list[UrlSQLTrackerStore] = []
+
+    def factory() -> UrlSQLTrackerStore:
+        store = UrlSQLTrackerStore(domain=domain)
+        created.append(store)
+        return store
+
+    yield factory
+    for store in created:
+        store.engine.dispose()
+
+
+# --- PostgreSQL (as in test_registry.py) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_base_url() -> str:
+    url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    engine = sa.create_engine(url, connect_args={"connect_timeout": 3}, future=True)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa_exc.DBAPIError as error:
+        message = f"PostgreSQL at {make_url(url).render_as_string(hide_password=True)} unreachable: {error}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    finally:
+        engine.dispose()
+    return url
+
+
+@contextmanager
+def postgres_schema(base_url: str) -> Iterator[tuple[str, str]]:
+    """(schema, URL using it): a fresh schema via the connection's search_path, dropped afterwards."""
+    schema = f"test_tracker_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base_url, future=True)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        url = make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield schema, url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def count_events(url: str, table: str, sender_id: str) -> int:
+    engine = sa.create_engine(url, future=True)
+    try:
+        with engine.connect() as conn:
+            query = sa.text(f"SELECT count(*) FROM {table} WHERE sender_id = :sender")
+            return int(conn.execute(query, {"sender": sender_id}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+# --- conversations --------------------------------------------------------------------------------------------
+
+
+def lookup_conversation(start: float) -> list[Event]:
+    """A verified terminal lookup, as Rasa records it; explicit timestamps keep the order certain."""
+    clock = iter(start + step for step in range(100))
+    events: list[Event] = [
+        ActionExecuted(ACTION_SESSION_START_NAME, timestamp=next(clock)),
+        SessionStarted(timestamp=next(clock)),
+        ActionExecuted(ACTION_LISTEN_NAME, timestamp=next(clock)),
+        UserUttered(
+            "查一下终端k730-6118",
+            intent={"name": "check_terminal_status", "confidence": 0.97},
+            entities=[{"entity": "terminal_id", "value": "k730-6118", "start": 5, "end": 14}],
+            timestamp=next(clock),
+        ),
+        ActionExecuted("terminal_status_form", timestamp=next(clock)),
+        ActiveLoop("terminal_status_form", timestamp=next(clock)),
+        SlotSet("terminal_id", "K7306118", timestamp=next(clock)),
+        SlotSet("requested_slot", "phone_tail", timestamp=next(clock)),
+        BotUttered("为了核实身份，请输入该终端登记手机号的后4位。", {"buttons": None}, timestamp=next(clock)),
+        ActionExecuted(ACTION_LISTEN_NAME, timestamp=next(clock)),
+        UserUttered("后四位是多少不告诉你", intent={"name": "inform", "confidence": 0.8}, timestamp=next(clock)),
+        ActionExecuted("terminal_status_form", timestamp=next(clock)),
+        SlotSet("phone_tail", "verified", timestamp=next(clock)),
+        SlotSet("verified_terminal", "K7306118", timestamp=next(clock)),
+        SlotSet("verify_failures", 1.0, timestamp=next(clock)),
+        ActiveLoop(None, timestamp=next(clock)),
+        SlotSet("requested_slot", None, timestamp=next(clock)),
+        ActionExecuted("action_terminal_status", timestamp=next(clock)),
+        ActionExecuted(ACTION_LISTEN_NAME, timestamp=next(clock)),
+    ]
+    return events
+
+
+def new_tracker(domain: Domain, sender_id: str, events: list[Event]) -> DialogueStateTracker:
+    return DialogueStateTracker.from_events(sender_id, events, slots=domain.slots)
+
+
+def save(store: TrackerStore, tracker: DialogueStateTracker) -> None:
+    asyncio.run(store.save(tracker))
+
+
+def retrieve(store: TrackerStore, sender_id: str) -> DialogueStateTracker | None:
+    return asyncio.run(store.retrieve(sender_id))
+
+
+def as_dicts(events: Any) -> list[dict[str, Any]]:
+    return [event.as_dict() for event in events]
+
+
+def latest_session(events: Any) -> list[Event]:
+    """What Rasa reads back: the events from the latest SessionStarted on (action_session_start is before it)."""
+    events = list(events)
+    starts = [index for index, event in enumerate(events) if isinstance(event, SessionStarted)]
+    return events[starts[-1] :] if starts else events
+
+
+def assert_same_conversation(restored: DialogueStateTracker | None, original: DialogueStateTracker) -> None:
+    assert restored is not None, "the conversation was lost"
+    assert restored.sender_id == original.sender_id
+    assert as_dicts(restored.events) == as_dicts(latest_session(original.events))
+    assert len(restored.events) == len(original.events) - 1
+    assert restored.current_slot_values() == original.current_slot_values()
+    assert restored.get_slot("terminal_id") == "K7306118"
+    assert restored.get_slot("phone_tail") == "verified"
+    assert restored.get_slot("verified_terminal") == "K7306118"
+    assert restored.get_slot("verify_failures") == 1.0
+    assert restored.get_slot("policy_deregistration_working_days") == "15"
+    assert restored.active_loop_name is None
+    assert restored.latest_message is not None and restored.latest_message.intent["name"] == "inform"
+    assert restored.latest_action_name == ACTION_LISTEN_NAME
+
+
+def check_survives_restart(domain: Domain, make_store: Callable[[], UrlSQLTrackerStore]) -> str:
+    """Saves a conversation, restarts (a new store), reads it back, continues it, restarts again."""
+    sender_id = f"merchant-{uuid.uuid4().hex[:8]}"
+    start = time.time() - 600
+    original = new_tracker(domain, sender_id, lookup_conversation(start))
+    save(make_store(), original)
+
+    restored = retrieve(make_store(), sender_id)
+    assert_same_conversation(restored, original)
+    assert retrieve(make_store(), "someone-else") is None
+
+    # The merchant comes back: the follow-up is appended once, not the whole conversation again.
+    assert restored is not None
+    restored.update(
+        UserUttered("押金能退吗", intent={"name": "ask_deposit", "confidence": 0.99}, timestamp=start + 200)
+    )
+    restored.update(ActionExecuted("action_terminal_followup", timestamp=start + 201))
+    restored.update(SlotSet("deregistration_confirmed", False, timestamp=start + 202))
+    save(make_store(), restored)
+
+    again = retrieve(make_store(), sender_id)
+    assert again is not None
+    assert as_dicts(again.events) == as_dicts(restored.events)
+    assert len(again.events) == len(original.events) - 1 + 3
+    assert again.get_slot("deregistration_confirmed") is False
+    assert again.latest_message.intent["name"] == "ask_deposit"
+    return sender_id
+
+
+# --- tests --------------------------------------------------------------------------------------------------
+
+
+def test_sqlite_file_survives_restart(
+    domain: Domain, make_store: Callable[[], UrlSQLTrackerStore], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    db_file = tmp_path / "chats" / "tracker.db"
+    db_file.parent.mkdir()
+    url = f"sqlite:///{db_file}"
+    monkeypatch.setenv("TRACKER_DB_URL", url)
+    monkeypatch.chdir(tmp_path)  # and nothing is written to the default place
+    sender_id = check_survives_restart(domain, make_store)
+    assert count_events(url, "events", sender_id) == len(lookup_conversation(0)) + 3
+    assert not (tmp_path / "var").exists()
+
+
+def test_postgresql_survives_restart(
+    domain: Domain,
+    make_store: Callable[[], UrlSQLTrackerStore],
+    monkeypatch: pytest.MonkeyPatch,
+    postgres_base_url: str,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with postgres_schema(postgres_base_url) as (schema, url):
+        monkeypatch.setenv("TRACKER_DB_URL", url)
+        store = make_store()
+        assert store.engine.dialect.name == "postgresql"
+        sender_id = check_survives_restart(domain, make_store)
+        # Stored in the URL's own schema, i.e. the URL was used as given (search_path option included).
+        assert count_events(postgres_base_url, f'"{schema}".events', sender_id) == len(lookup_conversation(0)) + 3
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("unset", [None, "", "   "], ids=["unset", "empty", "blank"])
+def test_default_is_var_tracker_db_in_the_working_directory(
+    domain: Domain,
+    make_store: Callable[[], UrlSQLTrackerStore],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    unset: str | None,
+) -> None:
+    if unset is not None:
+        monkeypatch.setenv("TRACKER_DB_URL", unset)
+    monkeypatch.chdir(tmp_path)
+    assert not (tmp_path / "var").exists()
+    store = make_store()
+    assert store.engine.dialect.name == "sqlite"
+    assert make_url(str(store.engine.url)).database == "var/tracker.db"
+    assert (tmp_path / "var" / "tracker.db").is_file()
+    sender_id = check_survives_restart(domain, make_store)
+    assert count_events(f"sqlite:///{tmp_path / 'var' / 'tracker.db'}", "events", sender_id) > 0
+
+
+def test_endpoints_yml_selects_this_store(domain: Domain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'endpoint.db'}"
+    monkeypatch.setenv("TRACKER_DB_URL", url)
+    config = read_endpoint_config(str(REPO_ROOT / "endpoints.yml"), "tracker_store")
+    store = create_tracker_store(config, domain)
+    try:
+        assert isinstance(store, UrlSQLTrackerStore)  # async, so Rasa uses it without a wrapper
+        assert str(store.engine.url) == url
+        tracker = new_tracker(domain, "via-endpoints", lookup_conversation(time.time() - 600))
+        save(store, tracker)
+    finally:
+        store.engine.dispose()
+    assert (tmp_path / "endpoint.db").is_file()
+    assert count_events(url, "events", "via-endpoints") == len(tracker.events)
