@@ -7,6 +7,7 @@ import pytest
 from actions import policy
 from actions.registry import Registry
 from tests.e2e.expect import assert_said, said
+from tests.e2e.servers import DOMAIN
 
 TODAY = dt.date.today()
 
@@ -180,3 +181,16 @@ def test_deregistration_confirmed_once_even_when_asked_twice(bot):
     bot.texts(other_user, "申请注销终端30091254")
     assert_said(bot.texts(other_user, "6721"), "utter_deregistration_exists", request_id=first)
     assert registry.status("30091254").request_id == first
+
+
+FAQ_OPTIONS = {
+    key: label
+    for key, label in DOMAIN["responses"]["utter_clarify_options"][0]["custom"]["options"].items()
+    if key.startswith("faq/")
+}
+
+
+@pytest.mark.parametrize("key", sorted(FAQ_OPTIONS))
+def test_clarification_buttons_for_article_topics_lead_to_their_answer(bot, key):
+    # These buttons send their label as the message, so the label must be understood.
+    assert_said(bot.texts(new_sender(), FAQ_OPTIONS[key]), f"utter_{key}")
