@@ -3,9 +3,10 @@ import datetime as dt
 import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from actions import policy
-from actions.registry import Registry
+from actions.registry import Registry, hash_phone_tail, terminals
 from tests.e2e.expect import assert_said, said
 from tests.e2e.servers import DOMAIN
 
@@ -161,26 +162,45 @@ def test_deregistration_declined_records_nothing(bot):
     assert status.request_id is None
 
 
+def add_active_terminal(bot, terminal_id, tail, fee):
+    """A terminal of this test's own, so filing a request does not change the demo ones."""
+    registry = Registry(f"sqlite:///{bot.terminal_db}", auto_seed=False)
+    with registry.engine.begin() as connection:
+        connection.execute(terminals.insert().values(
+            terminal_id=terminal_id, merchant_name="测试小卖部", device_type="电签POS",
+            phone_tail_hash=hash_phone_tail(terminal_id, tail),
+            last_transaction_on=TODAY - dt.timedelta(days=1),
+            contract_ends_on=TODAY + dt.timedelta(days=30),
+            deposit_amount=199, deposit_refunded=False, termination_fee=fee,
+        ))
+    return registry
+
+
 def test_deregistration_confirmed_once_even_when_asked_twice(bot):
+    registry = add_active_terminal(bot, "E2E00001", "5566", fee=150)
     sender = new_sender()
-    texts = bot.texts(sender, "帮我把终端30091254注销了")
+    texts = bot.texts(sender, "帮我把终端E2E00001注销了")
     assert_said(texts, "utter_ask_phone_tail")
-    texts = bot.texts(sender, "6721")
-    assert_said(texts, "utter_deregistration_fee_warning", terminal_id="30091254", fee=200)
+    texts = bot.texts(sender, "5566")
+    assert_said(texts, "utter_deregistration_fee_warning", terminal_id="E2E00001", fee=150)
+    assert_said(texts, "utter_deposit_after_deregistration", terminal_id="E2E00001", deposit=199)
     texts = bot.texts(sender, "是的")
     completes = policy.completion_date(TODAY)
     response = ("utter_deregistration_submitted_estimate" if completes.is_estimate
                 else "utter_deregistration_submitted")
-    assert_said(texts, response, terminal_id="30091254", completes_on=completes.date.isoformat())
-    registry = Registry(f"sqlite:///{bot.terminal_db}", auto_seed=False)
-    first = registry.status("30091254").request_id
+    assert_said(texts, response, terminal_id="E2E00001", completes_on=completes.date.isoformat())
+    first = registry.status("E2E00001").request_id
     assert first and first in texts[0]
-    again = bot.texts(sender, "我要注销终端30091254")
-    assert_said(again, "utter_deregistration_exists", terminal_id="30091254", request_id=first)
+    again = bot.texts(sender, "我要注销终端E2E00001")
+    assert_said(again, "utter_deregistration_exists", terminal_id="E2E00001", request_id=first)
     other_user = new_sender()
-    bot.texts(other_user, "申请注销终端30091254")
-    assert_said(bot.texts(other_user, "6721"), "utter_deregistration_exists", request_id=first)
-    assert registry.status("30091254").request_id == first
+    bot.texts(other_user, "申请注销终端E2E00001")
+    assert_said(bot.texts(other_user, "5566"), "utter_deregistration_exists", request_id=first)
+    assert registry.status("E2E00001").request_id == first
+    with registry.engine.connect() as connection:
+        rows = connection.execute(sa.text(
+            "SELECT count(*) FROM deregistration_requests WHERE terminal_id = 'E2E00001'")).scalar()
+    assert rows == 1
 
 
 FAQ_OPTIONS = {
