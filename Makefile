@@ -8,6 +8,8 @@ SPACY_MODEL := build/spacy/zh_lakala
 MODEL := models/lakala.tar.gz
 NLU_RESULTS := results/nlu
 CORE_RESULTS := results/core
+WEB_INSTALLED := web/node_modules/.installed
+CHROMIUM := /usr/bin/chromium
 
 # Rasa 3.6 runs on Python 3.8-3.10; prefer pyenv's 3.10, then one on PATH.
 PYTHON310 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.10.*/bin/python) $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python) $(shell command -v python3.10 2>/dev/null))
@@ -20,10 +22,11 @@ export TQDM_DISABLE ?= 1
 NLU_DATA := $(shell find data -name '*.yml' 2>/dev/null)
 NLU_CODE := $(wildcard lakala_nlu/*.py) lakala_nlu/userdict.txt
 
-.PHONY: help install spacy train run test lint validate unit nlu-test core-test e2e clean lock
+.PHONY: help install spacy train run test lint validate unit nlu-test core-test e2e browser web chromium clean lock \
+	wechat wechat-demo bench-wechat
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	@if [ -z "$(PYTHON310)" ]; then \
@@ -56,11 +59,27 @@ $(MODEL): config.yml domain.yml $(NLU_DATA) $(NLU_CODE) $(SPACY_MODEL)/meta.json
 
 train: $(MODEL)  ## train the model when its inputs changed
 
-run: $(MODEL)  ## install, build, train if needed, then start the bot
+# The web chat widget (rasa-webchat) from the committed lockfile; served locally, no CDN.
+$(WEB_INSTALLED): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is required for the web chat (Node.js 18 or newer)"; exit 1; }
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+web: $(WEB_INSTALLED)  ## install the web chat widget from web/package-lock.json
+
+# Browser tests use Debian's Chromium (Playwright cannot download browsers here) and need a
+# CJK font, without which Chinese is drawn as empty boxes.
+chromium:  ## install Debian's chromium and fonts-noto-cjk if missing (as root)
+	@if [ -x $(CHROMIUM) ] && fc-list :lang=zh 2>/dev/null | grep -q .; then exit 0; fi; \
+	cmd="apt-get update && apt-get install -y --no-install-recommends chromium fonts-noto-cjk"; \
+	if [ "$$(id -u)" = 0 ]; then echo "$$cmd"; bash -c "DEBIAN_FRONTEND=noninteractive $$cmd"; \
+	else echo "The browser tests need Chromium and a CJK font; as root run: $$cmd"; exit 1; fi
+
+run: $(MODEL) $(WEB_INSTALLED)  ## install, build, train if needed, then start the bot and the web chat
 	@bash scripts/run.sh
 
 lint: $(VENV)/.installed  ## static checks
-	$(BIN)/ruff check actions lakala_nlu lakala_server tests scripts
+	$(BIN)/ruff check actions lakala_nlu lakala_server tests scripts bench
 
 validate: $(VENV)/.installed  ## rasa data validate, failing on any warning
 	$(BIN)/python scripts/validate.py
@@ -80,7 +99,19 @@ core-test: $(MODEL)  ## rasa test on tests/test_stories.yml, failing on any wron
 e2e: $(MODEL)  ## real Rasa and action servers, talked to over HTTP
 	$(BIN)/python -m pytest -q tests/e2e
 
-test: lint validate unit nlu-test core-test e2e  ## run every test
+browser: $(MODEL) $(WEB_INSTALLED) chromium  ## the web chat page in headless Chromium against the real servers
+	$(BIN)/python -m pytest -q tests/browser
+
+wechat: $(MODEL)  ## WeChat channel: crypto vectors, protocol, real servers through the simulator
+	$(BIN)/python -m pytest -q tests/wechat
+
+wechat-demo: $(MODEL) $(WEB_INSTALLED)  ## chat through the WeChat channel from this terminal, no account needed
+	@bash scripts/wechat_demo.sh
+
+bench-wechat: $(MODEL)  ## WeChat acknowledgement latency under a steady stream (localhost, bounded)
+	$(BIN)/python bench/wechat_ack.py --rate 5 --seconds 60
+
+test: lint validate unit nlu-test core-test e2e browser wechat  ## run every test
 
 lock:  ## re-pin requirements.txt from requirements.in
 	$(BIN)/python -m pip install --quiet -r requirements.in

@@ -297,14 +297,16 @@ class Registry:
         return {"connect_timeout": max(1, math.ceil(timeout)), "options": options}
 
     @staticmethod
-    def _create_schema(engine: Engine) -> None:
-        try:
-            metadata.create_all(engine)
-        except sa_exc.DBAPIError as error:
-            if not _is_already_exists(error):
-                raise
-            # Another process created the tables at the same moment; the second pass only checks.
-            metadata.create_all(engine)
+    def _create_schema(engine: Engine, attempts: int = 5) -> None:
+        for attempt in range(attempts):
+            try:
+                metadata.create_all(engine)
+                return
+            except sa_exc.DBAPIError as error:
+                # Another process is creating the same tables (one per pass can collide);
+                # the next pass skips whatever now exists.
+                if not _is_already_exists(error) or attempt == attempts - 1:
+                    raise
 
     def _seed_if_empty(self, engine: Engine) -> None:
         with engine.connect() as conn:

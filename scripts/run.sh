@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Starts the action server and the Rasa server, prints where to chat, and stops
-# both (by their process ids) when either exits or on Ctrl-C.
+# Starts the action server, the Rasa server and the web chat server, prints where to
+# chat, and stops all three (by their process ids) when one exits or on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 RASA_PORT=${RASA_PORT:-5005}
 ACTION_PORT=5055  # endpoints.yml points here
+WEB_PORT=${WEB_PORT:-8080}
+# The page tells the widget where Rasa is; Rasa accepts socket.io only from the page's origins.
+export WEB_PORT RASA_SOCKET_URL=${RASA_SOCKET_URL:-http://localhost:${RASA_PORT}}
+export WEB_ALLOWED_ORIGINS=${WEB_ALLOWED_ORIGINS:-http://localhost:${WEB_PORT},http://127.0.0.1:${WEB_PORT}}
 mkdir -p var
 
 pids=()
@@ -18,8 +22,16 @@ trap 'exit 130' INT TERM
 
 "$BIN/rasa" run actions --actions actions --port "$ACTION_PORT" >var/actions.log 2>&1 &
 pids+=($!)
+# The WeChat channel (/webhooks/wechat/webhook) is on when WECHAT_TOKEN is set; see README.
+CREDENTIALS=credentials.yml
+if [ -n "${WECHAT_TOKEN:-}" ]; then
+  CREDENTIALS=credentials.wechat.yml
+  export WECHAT_APPSECRET="${WECHAT_APPSECRET:-}"  # optional; Rasa refuses an unset ${VAR}
+fi
 "$BIN/rasa" run --model models/lakala.tar.gz --endpoints endpoints.yml \
-  --credentials credentials.yml --port "$RASA_PORT" >var/rasa.log 2>&1 &
+  --credentials "$CREDENTIALS" --port "$RASA_PORT" >var/rasa.log 2>&1 &
+pids+=($!)
+"$BIN/python" scripts/web_server.py >var/web.log 2>&1 &
 pids+=($!)
 
 wait_for() {  # url name pid
@@ -32,11 +44,16 @@ wait_for() {  # url name pid
 }
 wait_for "http://localhost:${ACTION_PORT}/health" actions "${pids[0]}"
 wait_for "http://localhost:${RASA_PORT}/" rasa "${pids[1]}"
+wait_for "http://localhost:${WEB_PORT}/" web "${pids[2]}"
 
 cat <<MSG
 拉卡拉客服助手 is running.
+  Chat:   http://localhost:${WEB_PORT}/
   REST:   curl -s localhost:${RASA_PORT}/webhooks/rest/webhook -d '{"sender":"me","message":"押金能退吗"}'
-  Logs:   var/rasa.log, var/actions.log
+  Logs:   var/rasa.log, var/actions.log, var/web.log
 Press Ctrl-C to stop.
 MSG
+if [ -n "${WECHAT_TOKEN:-}" ]; then
+  echo "  WeChat: http://<public host>:${RASA_PORT}/webhooks/wechat/webhook (公众号 server URL)"
+fi
 wait -n "${pids[@]}"
