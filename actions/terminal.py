@@ -141,6 +141,15 @@ def utter_backend_failed(dispatcher: CollectingDispatcher, error: Exception) -> 
     dispatcher.utter_message(response="utter_backend_failed")
 
 
+async def fetch_status(dispatcher: CollectingDispatcher, terminal_id: str) -> Optional[TerminalStatus]:
+    """The terminal's status, or None once the user has been told the backend failed."""
+    try:
+        return await registry_call(get_registry().status, terminal_id)
+    except (BackendFailure, TerminalNotFound) as error:
+        utter_backend_failed(dispatcher, error)
+        return None
+
+
 class TerminalVerification(FormValidationAction, ABC):
     """Shared checks of the terminal number and the phone tail (abstract: not registered)."""
 
@@ -255,11 +264,8 @@ class ActionAskDeregistrationConfirmed(Action):
     async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> List[EventType]:
-        terminal_id = tracker.get_slot("verified_terminal")
-        try:
-            status = await registry_call(get_registry().status, terminal_id)
-        except (BackendFailure, TerminalNotFound) as error:
-            utter_backend_failed(dispatcher, error)
+        status = await fetch_status(dispatcher, tracker.get_slot("verified_terminal"))
+        if status is None:
             return [SlotSet("requested_slot", None)]
         values = status_values(status)
         fee_response = (
@@ -294,10 +300,8 @@ class ActionTerminalStatus(Action):
         terminal_id = tracker.get_slot("verified_terminal")
         if not terminal_id or terminal_id != tracker.get_slot("terminal_id"):
             return []  # the form stopped early and already said why
-        try:
-            status = await registry_call(get_registry().status, terminal_id)
-        except (BackendFailure, TerminalNotFound) as error:
-            utter_backend_failed(dispatcher, error)
+        status = await fetch_status(dispatcher, terminal_id)
+        if status is None:
             return []
         utter_state(dispatcher, status)
         utter_deposit(dispatcher, status)
@@ -315,12 +319,9 @@ class ActionTerminalFollowup(Action):
     async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> List[EventType]:
-        terminal_id = tracker.get_slot("verified_terminal")
         intent = (tracker.latest_message.get("intent") or {}).get("name")
-        try:
-            status = await registry_call(get_registry().status, terminal_id)
-        except (BackendFailure, TerminalNotFound) as error:
-            utter_backend_failed(dispatcher, error)
+        status = await fetch_status(dispatcher, tracker.get_slot("verified_terminal"))
+        if status is None:
             return []
         answer = {
             "ask_deposit": utter_deposit,

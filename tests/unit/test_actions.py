@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import re
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,8 +23,6 @@ import sqlalchemy as sa
 import yaml
 from rasa_sdk import Action, Tracker
 from rasa_sdk.executor import CollectingDispatcher
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
 
 from actions import policy as pol
 from actions import registry as reg
@@ -39,9 +35,9 @@ from actions.terminal import (
     ValidateDeregistrationForm,
     ValidateTerminalStatusForm,
 )
+from tests.postgres import postgres_schema
 
 DOMAIN: dict[str, Any] = yaml.safe_load((REPO_ROOT / "domain.yml").read_text(encoding="utf-8"))
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 UNREACHABLE_POSTGRES_URL = "postgresql://postgres@127.0.0.1:1/nope"
 UNREACHABLE_SQLITE_URL = "sqlite:////proc/lakala-missing/terminals.db"
 # Keys every CollectingDispatcher message has; anything else is a value passed to the response.
@@ -53,42 +49,6 @@ PLACEHOLDER = re.compile(r"{([^\n{}]+?)}")
 
 
 # --- PostgreSQL (as in test_registry.py) ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres_base_url() -> str:
-    url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    engine = sa.create_engine(url, connect_args={"connect_timeout": 3}, future=True)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa_exc.DBAPIError as error:
-        message = f"PostgreSQL at {make_url(url).render_as_string(hide_password=True)} unreachable: {error}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    finally:
-        engine.dispose()
-    return url
-
-
-@contextmanager
-def postgres_schema(base_url: str) -> Iterator[str]:
-    """A fresh schema per test (via the connection's search_path), dropped afterwards."""
-    schema = f"test_actions_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base_url, future=True)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield (
-            make_url(base_url)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 # --- the default registry ---------------------------------------------------------------------------------
@@ -794,7 +754,7 @@ def terminals_locked(url: str) -> Iterator[None]:
 def test_slow_database_answers_backend_failed_in_time(
     use_registry: Callable[..., reg.Registry], postgres_base_url: str, call: str
 ) -> None:
-    with postgres_schema(postgres_base_url) as url:
+    with postgres_schema(postgres_base_url, "test_actions") as (_, url):
         registry = use_registry(url, timeout=1)
         # Before the lock: the same action works on PostgreSQL.
         action, tracker = failing_calls()["action_terminal_status"]()

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
 import time
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -15,7 +12,6 @@ from typing import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
 
 from actions import registry as reg
 from actions.config import REPO_ROOT, get_settings
@@ -29,11 +25,11 @@ from actions.registry import (
     normalize_terminal_id,
     terminals,
 )
+from tests.postgres import postgres_schema
 
 POLICY = Policy(dormant_months=3, auto_deregister_months=6, deregistration_working_days=15)
 T = dt.date(2026, 9, 30)
 TIMEOUT = 2.0
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @dataclass(frozen=True)
@@ -41,40 +37,6 @@ class Backend:
     name: str
     url: str
     unreachable_url: str
-
-
-@pytest.fixture(scope="session")
-def postgres_base_url() -> str:
-    url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    engine = sa.create_engine(url, connect_args={"connect_timeout": 3}, future=True)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa_exc.DBAPIError as error:
-        message = f"PostgreSQL at {make_url(url).render_as_string(hide_password=True)} unreachable: {error}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    finally:
-        engine.dispose()
-    return url
-
-
-@contextmanager
-def postgres_schema(base_url: str) -> Iterator[str]:
-    """A fresh schema per test (via the connection's search_path), dropped afterwards."""
-    schema = f"test_registry_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base_url, future=True)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
-        )
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -87,7 +49,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         )
         return
     base_url = request.getfixturevalue("postgres_base_url")
-    with postgres_schema(base_url) as url:
+    with postgres_schema(base_url, "test_registry") as (_, url):
         yield Backend("postgresql", url, "postgresql://postgres@127.0.0.1:1/nope")
 
 

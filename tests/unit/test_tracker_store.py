@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -26,13 +24,12 @@ from rasa.shared.core.events import (
 )
 from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.utils.endpoints import read_endpoint_config
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from lakala_server.tracker_store import UrlSQLTrackerStore
+from tests.postgres import postgres_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="module")
@@ -63,39 +60,6 @@ def make_store(domain: Domain) -> Iterator[Callable[[], UrlSQLTrackerStore]]:
 
 
 # --- PostgreSQL (as in test_registry.py) ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres_base_url() -> str:
-    url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    engine = sa.create_engine(url, connect_args={"connect_timeout": 3}, future=True)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa_exc.DBAPIError as error:
-        message = f"PostgreSQL at {make_url(url).render_as_string(hide_password=True)} unreachable: {error}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    finally:
-        engine.dispose()
-    return url
-
-
-@contextmanager
-def postgres_schema(base_url: str) -> Iterator[tuple[str, str]]:
-    """(schema, URL using it): a fresh schema via the connection's search_path, dropped afterwards."""
-    schema = f"test_tracker_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base_url, future=True)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        url = make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield schema, url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def count_events(url: str, table: str, sender_id: str) -> int:
@@ -235,7 +199,7 @@ def test_postgresql_survives_restart(
     tmp_path: Path,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    with postgres_schema(postgres_base_url) as (schema, url):
+    with postgres_schema(postgres_base_url, "test_tracker") as (schema, url):
         monkeypatch.setenv("TRACKER_DB_URL", url)
         store = make_store()
         assert store.engine.dialect.name == "postgresql"
