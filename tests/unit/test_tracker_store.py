@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
-from rasa.core.tracker_store import TrackerStore, create_tracker_store
+from rasa.core.tracker_store import SQLTrackerStore, TrackerStore, create_tracker_store
 from rasa.shared.core.constants import ACTION_LISTEN_NAME, ACTION_SESSION_START_NAME
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import (
@@ -243,3 +243,63 @@ def test_endpoints_yml_selects_this_store(domain: Domain, monkeypatch: pytest.Mo
         store.engine.dispose()
     assert (tmp_path / "endpoint.db").is_file()
     assert count_events(url, "events", "via-endpoints") == len(tracker.events)
+
+
+def stored_rows(url: str) -> list[tuple[str, str]]:
+    engine = sa.create_engine(url, future=True)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text("SELECT type_name, data FROM events ORDER BY id"))]
+    finally:
+        engine.dispose()
+
+
+def save_in_steps(domain: Domain, store: TrackerStore) -> None:
+    """One conversation saved the way the server saves it: several saves of the same
+    tracker object per message, and a new session starting in the middle."""
+    start = 1_700_000_000.0
+    save(store, new_tracker(domain, "regular", lookup_conversation(start)))
+    tracker = retrieve(store, "regular")
+    assert tracker is not None
+    for step in range(3):
+        question = UserUttered(f"问题{step}", intent={"name": "faq", "confidence": 0.9}, timestamp=start + 300 + step)
+        tracker.update(question)
+        save(store, tracker)
+        tracker.update(ActionExecuted("utter_faq", timestamp=start + 300.5 + step))
+        save(store, tracker)
+    tracker.update(ActionExecuted(ACTION_SESSION_START_NAME, timestamp=start + 400))
+    tracker.update(SessionStarted(timestamp=start + 401))
+    save(store, tracker)
+    tracker.update(ActionExecuted(ACTION_LISTEN_NAME, timestamp=start + 402))
+    save(store, tracker)
+    later = retrieve(store, "regular")
+    assert later is not None
+    later.update(UserUttered("押金能退吗", intent={"name": "ask_deposit", "confidence": 0.9}, timestamp=start + 403))
+    save(store, later)
+
+
+def test_saves_write_the_same_rows_as_rasas_own_store(
+    domain: Domain, make_store: Callable[[], UrlSQLTrackerStore], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The store remembers how many events of a tracker it has read or written instead
+    of counting rows before each save; what ends up in the database must not change."""
+    ours = f"sqlite:///{tmp_path / 'ours.db'}"
+    monkeypatch.setenv("TRACKER_DB_URL", ours)
+    save_in_steps(domain, make_store())
+    rasas = SQLTrackerStore(domain=domain, dialect="sqlite", db=str(tmp_path / "rasa.db"))
+    try:
+        save_in_steps(domain, rasas)
+    finally:
+        rasas.engine.dispose()
+    rows = stored_rows(ours)
+    assert len(rows) > len(lookup_conversation(0))
+    assert rows == stored_rows(f"sqlite:///{tmp_path / 'rasa.db'}")
+
+
+def test_sqlite_uses_write_ahead_logging(
+    make_store: Callable[[], UrlSQLTrackerStore], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TRACKER_DB_URL", f"sqlite:///{tmp_path / 'tracker.db'}")
+    with make_store().engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
