@@ -1,12 +1,13 @@
 """Reads `rasa test nlu` results and fails unless the NLU meets the project's bar:
-intent accuracy >= 0.95 and at least 90 % of out_of_scope examples rejected (not
-classified as any domain intent)."""
+intent accuracy >= 0.95, at least 90 % of out_of_scope examples rejected (not
+classified as any domain intent) and FAQ answers selected with accuracy >= 0.95."""
 import json
 import sys
 from pathlib import Path
 
 MIN_ACCURACY = 0.95
 MIN_OOS_REJECTION = 0.90
+MIN_FAQ_ACCURACY = 0.95
 REJECTED = {"out_of_scope", "nlu_fallback"}
 
 
@@ -23,8 +24,11 @@ def main(results: Path, test_file: Path) -> int:
         and (e.get("intent_prediction") or {}).get("name") not in REJECTED
     ]
     rejection = 1 - len(oos_leaked) / oos_total if oos_total else 0.0
+    selection_path = results / "response_selection_report.json"
+    faq_accuracy = json.loads(selection_path.read_text())["accuracy"] if selection_path.exists() else 0.0
     print(f"intent accuracy {accuracy:.3f}, macro F1 {macro_f1:.3f}, "
-          f"out_of_scope rejected {rejection:.3f} ({oos_total - len(oos_leaked)}/{oos_total})")
+          f"out_of_scope rejected {rejection:.3f} ({oos_total - len(oos_leaked)}/{oos_total}), "
+          f"FAQ answer accuracy {faq_accuracy:.3f}")
     for e in errors:
         predicted = e.get("intent_prediction") or {}
         print(f"  {e['intent']:>24} -> {predicted.get('name')} "
@@ -34,6 +38,8 @@ def main(results: Path, test_file: Path) -> int:
         failed.append(f"intent accuracy {accuracy:.3f} < {MIN_ACCURACY}")
     if rejection < MIN_OOS_REJECTION:
         failed.append(f"out_of_scope rejection {rejection:.3f} < {MIN_OOS_REJECTION}")
+    if faq_accuracy < MIN_FAQ_ACCURACY:
+        failed.append(f"FAQ answer accuracy {faq_accuracy:.3f} < {MIN_FAQ_ACCURACY}")
     if failed:
         print("NLU gate failed: " + "; ".join(failed))
         return 1
