@@ -4,7 +4,7 @@ import copy
 import re
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
-from rasa.shared.core.events import Event
+from rasa.shared.core.events import Event, SlotSet, UserUttered
 
 PHONE_TAIL = "phone_tail"
 MASK = "****"
@@ -36,12 +36,17 @@ def redact_event_dict(data: Dict[str, Any], phone_tail_requested: bool) -> Dict[
 
 
 def redact(all_events: Iterable[Event], new_events: Iterable[Event]) -> Iterator[Event]:
-    """Yields the new events, masked, knowing from all events when a tail was being asked for."""
+    """Yields the new events, masked, knowing from all events when a tail was being asked for.
+    Only user messages and slots can hold a tail; other events pass through as they are."""
     new_ids = {id(event) for event in new_events}
     requested: Optional[str] = None
     for event in all_events:
-        data = event.as_dict()
         if id(event) in new_ids:
-            yield Event.from_parameters(redact_event_dict(data, requested == PHONE_TAIL))
-        if data.get("event") == "slot" and data.get("name") == "requested_slot":
-            requested = data.get("value")
+            if isinstance(event, UserUttered | SlotSet):
+                data = event.as_dict()
+                masked = redact_event_dict(data, requested == PHONE_TAIL)
+                yield event if masked == data else Event.from_parameters(masked)
+            else:
+                yield event
+        if isinstance(event, SlotSet) and event.key == "requested_slot":
+            requested = event.value

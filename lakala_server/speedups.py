@@ -12,10 +12,22 @@ rebuilds the task graph and its dependency bookkeeping on each call (about a fif
 of the graph's time with our light models). The graph is a small DAG run on one
 thread anyway: `SequentialGraphRunner` computes the order once per set of targets
 and calls the same graph nodes in it.
+
+3. Rasa opens a new HTTP session, and so a new TCP connection, for every call to
+the action server (forms call it once or twice per message). Calls now share one
+keep-alive session per endpoint and event loop, with the same headers, auth and
+timeout; a connection the action server closed is not reused.
+
+4. Reading a conversation turns every stored event back into an object; Rasa finds
+each event's class by walking all subclasses of Event, every time. The class found
+for a type name is remembered.
 """
+import asyncio
 import functools
+import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
+import aiohttp
 import rasa.core.processor
 from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
@@ -24,6 +36,8 @@ from rasa.core.actions.action import RemoteAction
 from rasa.engine.exceptions import GraphRunError
 from rasa.engine.graph import GraphSchema
 from rasa.engine.runner.dask import DaskGraphRunner
+from rasa.shared.core.events import Event
+from rasa.utils.endpoints import EndpointConfig
 
 _original_validate = RemoteAction._validate_action_result
 
@@ -92,7 +106,52 @@ def execution_order(schema: GraphSchema) -> List[Tuple[str, List[str]]]:
     return order
 
 
+_new_session = EndpointConfig.session
+
+
+class _KeptSession:
+    """`async with` yields the shared session and leaves it open."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def __aenter__(self) -> aiohttp.ClientSession:
+        return self._session
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        return None
+
+
+def _shared_session(self: EndpointConfig) -> _KeptSession:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop: a caller outside the server; behave like Rasa
+        return _new_session(self)
+    sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+        self.__dict__.setdefault("_lakala_sessions", weakref.WeakKeyDictionary())
+    )
+    session = sessions.get(loop)
+    if session is None or session.closed:
+        session = sessions[loop] = _new_session(self)
+    return _KeptSession(session)
+
+
+_resolve_by_type = Event.resolve_by_type
+_event_classes: Dict[str, type] = {}
+
+
+def _cached_resolve_by_type(type_name: str, default: Optional[type] = None) -> Optional[type]:
+    cls = _event_classes.get(type_name)
+    if cls is None:
+        cls = _resolve_by_type(type_name, default)
+        if cls is not None and cls is not default:
+            _event_classes[type_name] = cls
+    return cls
+
+
 def install() -> None:
     """Idempotent; called when the server imports lakala_server (before the model loads)."""
     RemoteAction._validate_action_result = _validate_action_result  # type: ignore[method-assign]
     rasa.core.processor.DaskGraphRunner = SequentialGraphRunner  # type: ignore[misc]
+    EndpointConfig.session = _shared_session  # type: ignore[method-assign]
+    Event.resolve_by_type = staticmethod(_cached_resolve_by_type)  # type: ignore[method-assign]

@@ -1,4 +1,5 @@
 """The server speed-ups change how fast things run, never what they do."""
+import asyncio
 from pathlib import Path
 from typing import Any, Dict
 
@@ -89,3 +90,46 @@ def test_sequential_runner_reports_a_failing_component_like_dask(tmp_path: Path)
     for runner_class in (DaskGraphRunner, speedups.SequentialGraphRunner):
         with pytest.raises(GraphComponentException, match="node broken"):
             run(runner_class, tmp_path, ["broken"])
+
+
+def test_action_server_calls_share_one_connection() -> None:
+    """A real local HTTP server counts the TCP connections Rasa's endpoint client opens."""
+    from aiohttp import web
+    from rasa.utils.endpoints import EndpointConfig
+
+    peers: set = set()
+
+    async def webhook(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername"))
+        return web.json_response({"events": [], "responses": [{"text": await request.text()}]})
+
+    async def scenario() -> list:
+        app = web.Application()
+        app.router.add_post("/webhook", webhook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        endpoint = EndpointConfig(f"http://127.0.0.1:{port}/webhook")
+        try:
+            return [await endpoint.request(json={"n": n}) for n in range(5)]
+        finally:
+            await runner.cleanup()
+
+    replies = asyncio.run(scenario())
+    assert [r["responses"][0]["text"] for r in replies] == [f'{{"n": {n}}}' for n in range(5)]
+    assert len(peers) == 1
+
+
+def test_event_classes_resolve_as_in_rasa() -> None:
+    from rasa.shared.core.events import Event
+    from rasa.shared.utils.common import all_subclasses
+
+    for cls in all_subclasses(Event):
+        for _ in range(2):  # the second lookup comes from the cache
+            assert Event.resolve_by_type(cls.type_name) is speedups._resolve_by_type(cls.type_name)
+    assert Event.resolve_by_type("no_such_event", default=Event) is Event
+    assert Event.resolve_by_type("topic") is None
+    with pytest.raises(ValueError, match="Unknown event name"):
+        Event.resolve_by_type("no_such_event")
