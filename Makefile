@@ -23,7 +23,7 @@ NLU_DATA := $(shell find data -name '*.yml' 2>/dev/null)
 NLU_CODE := $(wildcard lakala_nlu/*.py) lakala_nlu/userdict.txt
 
 .PHONY: help install spacy train run test lint validate unit nlu-test core-test e2e browser web chromium clean lock \
-	wechat wechat-demo bench-wechat
+	wechat wechat-demo bench-wechat bench
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -107,6 +107,12 @@ wechat: $(MODEL)  ## WeChat channel: crypto vectors, protocol, real servers thro
 
 wechat-demo: $(MODEL) $(WEB_INSTALLED)  ## chat through the WeChat channel from this terminal, no account needed
 	@bash scripts/wechat_demo.sh
+
+# Trains peer configs and ours on the same data (bench/configs/, config.yml), then measures
+# NLU, startup, memory and load with the real servers: bench/results/latest.{md,json,png}.
+# BENCH_RUNS, BENCH_USERS and BENCH_TRAIN_RUNS shrink or grow it; see bench/run.py --help.
+bench: $(VENV)/.installed $(SPACY_MODEL)/meta.json  ## benchmark ours vs stock Rasa configs (slow: ~40 min)
+	$(BIN)/python bench/run.py
 
 bench-wechat: $(MODEL)  ## WeChat acknowledgement latency under a steady stream (localhost, bounded)
 	$(BIN)/python bench/wechat_ack.py --rate 5 --seconds 60
