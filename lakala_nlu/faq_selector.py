@@ -29,22 +29,14 @@ from rasa.shared.nlu.training_data.message import Message
 from rasa.shared.nlu.training_data.training_data import TrainingData
 from rasa.shared.nlu.training_data.util import intent_response_key_to_template_key
 from rasa.shared.utils.io import dump_obj_as_json_to_file, read_json_file
-from scipy.sparse import csr_matrix, vstack
 from sklearn.linear_model import LogisticRegression
+
+from lakala_nlu.linear import sentence_features
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "faq_selector.skops"
 META_FILE = "faq_selector.json"
-
-
-def sentence_features(messages: List[Message]) -> csr_matrix:
-    """The sparse sentence features of the text (the sum of all featurizers' output)."""
-    rows = []
-    for message in messages:
-        _, sentence = message.get_sparse_features(TEXT)
-        rows.append(csr_matrix(sentence.features) if sentence is not None else csr_matrix((1, 0)))
-    return vstack(rows).tocsr()
 
 
 @DefaultV1Recipe.register(DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER, is_trainable=True)
@@ -148,7 +140,7 @@ class FaqSelector(GraphComponent):
     def process(self, messages: List[Message]) -> List[Message]:
         if self.clf is None:
             return messages
-        probabilities = self.clf.predict_proba(sentence_features(messages))
+        probabilities = self.clf.predict_proba(sentence_features(messages, self.clf.n_features_in_))
         for message, row in zip(messages, probabilities, strict=False):
             self._set_prediction(message, row)
         return messages

@@ -49,6 +49,8 @@ class UrlSQLTrackerStore(SQLTrackerStore):
         self._url = tracker_db_url()
         kwargs.pop("host", None)
         super().__init__(domain=domain, event_broker=event_broker, **kwargs)
+        # Senders this store just found nothing for: a tracker created for them has no stored events.
+        self._unseen: set = set()
         if self.engine.dialect.name == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
             self._use_sqlite_wal()
 
@@ -67,8 +69,22 @@ class UrlSQLTrackerStore(SQLTrackerStore):
         self, sender_id: str, fetch_events_from_all_sessions: bool
     ) -> Optional[DialogueStateTracker]:
         tracker = await super()._retrieve(sender_id, fetch_events_from_all_sessions)
-        if tracker is not None and not fetch_events_from_all_sessions:
+        if fetch_events_from_all_sessions or self.domain is None:
+            return tracker
+        if tracker is None:
+            if len(self._unseen) > 10_000:
+                self._unseen.clear()
+            self._unseen.add(sender_id)
+        else:
+            self._unseen.discard(sender_id)
             setattr(tracker, STORED_EVENTS, len(tracker.events))
+        return tracker
+
+    def init_tracker(self, sender_id: str) -> DialogueStateTracker:
+        tracker = super().init_tracker(sender_id)
+        if sender_id in self._unseen:
+            self._unseen.discard(sender_id)
+            setattr(tracker, STORED_EVENTS, 0)
         return tracker
 
     def _additional_events(self, session: Any, tracker: DialogueStateTracker) -> Iterator[Event]:

@@ -1,0 +1,49 @@
+"""Shared sparse features for the linear classifiers, and Rasa's logistic regression
+intent classifier reading them.
+
+Rasa's LogisticRegressionClassifier stacks each message's sparse and dense sentence
+features with scipy on every call, and the FAQ selector needs the same matrix again:
+together about a sixth of the server's time per message under load. Both now take
+the combined sparse sentence features once per message; the model and its
+predictions are the same (this pipeline has no dense features).
+"""
+from typing import List, Optional
+
+from rasa.engine.recipes.default_recipe import DefaultV1Recipe
+from rasa.nlu.classifiers.logistic_regression_classifier import LogisticRegressionClassifier
+from rasa.shared.nlu.constants import TEXT
+from rasa.shared.nlu.training_data.message import Message
+from scipy.sparse import csr_matrix, vstack
+
+_CACHE = "_lakala_sentence_features"
+
+
+def sentence_row(message: Message, width: Optional[int]) -> csr_matrix:
+    """The message's sparse sentence features (all featurizers combined), computed once.
+    A message without features (an empty one) gets a row of zeros `width` wide."""
+    row = getattr(message, _CACHE, None)
+    if row is None:
+        _, sentence = message.get_sparse_features(TEXT)
+        if sentence is None:
+            return csr_matrix((1, width or 0))
+        row = csr_matrix(sentence.features)
+        setattr(message, _CACHE, row)
+    return row
+
+
+def sentence_features(messages: List[Message], width: Optional[int] = None) -> csr_matrix:
+    """One row per message; `width` is the fitted model's number of features, if known."""
+    rows = [sentence_row(message, width) for message in messages]
+    return (rows[0] if len(rows) == 1 else vstack(rows)).tocsr()
+
+
+@DefaultV1Recipe.register(DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER, is_trainable=True)
+class SparseLogisticRegressionClassifier(LogisticRegressionClassifier):
+    """Rasa's LogisticRegressionClassifier on the shared sparse sentence features."""
+
+    def _create_X(self, messages: List[Message]) -> csr_matrix:
+        for message in messages:
+            _, dense = message.get_dense_features(TEXT)
+            if dense is not None:
+                raise ValueError(f"{type(self).__name__} uses sparse features only; remove the dense featurizer")
+        return sentence_features(messages, getattr(self.clf, "n_features_in_", None))
