@@ -10,9 +10,10 @@ recommended setting for WAL: a committed message survives a crash of the server,
 and the database stays consistent on power loss (the last messages can be lost).
 """
 import itertools
+import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import sqlalchemy as sa
 from rasa.core.brokers.broker import EventBroker
@@ -20,6 +21,7 @@ from rasa.core.tracker_store import SQLTrackerStore
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import Event, SessionStarted
 from rasa.shared.core.trackers import DialogueStateTracker
+from rasa.shared.nlu.constants import INTENT_NAME_KEY
 from sqlalchemy.orm import sessionmaker
 
 from lakala_server.redaction import redact
@@ -68,7 +70,14 @@ class UrlSQLTrackerStore(SQLTrackerStore):
     async def _retrieve(
         self, sender_id: str, fetch_events_from_all_sessions: bool
     ) -> Optional[DialogueStateTracker]:
-        tracker = await super()._retrieve(sender_id, fetch_events_from_all_sessions)
+        # Rasa's query, reading only the event column instead of building an ORM object per row.
+        with self.session_scope() as session:
+            query = self._event_query(session, sender_id, fetch_events_from_all_sessions)
+            events = [json.loads(data) for (data,) in query.with_entities(self.SQLEvent.data).all()]
+        if self.domain is None or not events:
+            tracker = None
+        else:
+            tracker = DialogueStateTracker.from_dict(sender_id, events, self.domain.slots)
         if fetch_events_from_all_sessions or self.domain is None:
             return tracker
         if tracker is None:
@@ -87,6 +96,15 @@ class UrlSQLTrackerStore(SQLTrackerStore):
             setattr(tracker, STORED_EVENTS, 0)
         return tracker
 
+    async def save(self, tracker: DialogueStateTracker) -> None:
+        """Rasa's save, with the new events written in one INSERT instead of through the ORM."""
+        await self.stream_events(tracker)
+        with self.session_scope() as session:
+            rows = [_event_row(tracker.sender_id, event) for event in self._additional_events(session, tracker)]
+            if rows:
+                session.execute(self.SQLEvent.__table__.insert(), rows)
+            session.commit()
+
     def _additional_events(self, session: Any, tracker: DialogueStateTracker) -> Iterator[Event]:
         # Rasa counts the stored rows of the session on every save (a query per
         # message). A tracker this store just read knows that number already; one
@@ -102,6 +120,19 @@ class UrlSQLTrackerStore(SQLTrackerStore):
         else:
             setattr(tracker, STORED_EVENTS, len(tracker.events))
         return redact(tracker.events, new_events)
+
+
+def _event_row(sender_id: str, event: Event) -> Dict[str, Any]:
+    """The `events` row for an event, with the same columns Rasa fills."""
+    data = event.as_dict()
+    return {
+        "sender_id": sender_id,
+        "type_name": event.type_name,
+        "timestamp": data.get("timestamp"),
+        "intent_name": data.get("parse_data", {}).get("intent", {}).get(INTENT_NAME_KEY),
+        "action_name": data.get("name"),
+        "data": json.dumps(data),
+    }
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
