@@ -1,0 +1,110 @@
+"""Chooses the intent classifier's regularisation (C) and the FallbackClassifier threshold by
+k-fold cross-validation on the training data only (data/), never on tests/nlu_test.yml.
+
+    .venv/bin/python bench/tune_nlu.py            # 5 folds, prints a table and the best pair
+
+For each C the NLU is trained on k-1 folds with config.yml (only C changed) and every held-out
+example is parsed; the fallback decision is then replayed for each threshold from the intent
+ranking, and scored like bench/nlu_eval.py: a held-out out_of_scope example is right when
+rejected (out_of_scope or below the threshold), any other one when its intent is top and above
+the threshold and ahead of the next intent by config.yml's ambiguity_threshold. The pair with
+the best mean of accuracy and macro F1 is printed last.
+"""
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RASA_TELEMETRY_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CLASSIFIER = "lakala_nlu.linear.SparseLogisticRegressionClassifier"
+OUT_OF_SCOPE = "out_of_scope"
+
+
+def config_with(c: float) -> Dict[str, Any]:
+    config = yaml.safe_load((ROOT / "config.yml").read_text(encoding="utf-8"))
+    for component in config["pipeline"]:
+        if component["name"] == CLASSIFIER:
+            component["C"] = c
+        if component["name"] == "FallbackClassifier":
+            component["threshold"] = 0.0  # replayed below for every threshold
+            component["ambiguity_threshold"] = 0.0
+    return config
+
+
+def fold_predictions(c: float, folds: int, workdir: Path) -> List[Tuple[str, List[Tuple[str, float]]]]:
+    """(gold intent, [(intent, confidence), ...]) for every training example, held out once."""
+    from rasa.core.agent import Agent
+    from rasa.model_training import train_nlu
+    from rasa.nlu.test import generate_folds
+    from rasa.shared.nlu.training_data.loading import load_data
+
+    config_path = workdir / f"config-{c}.yml"
+    config_path.write_text(yaml.safe_dump(config_with(c), allow_unicode=True), encoding="utf-8")
+    data = load_data(str(ROOT / "data" / "nlu"))
+    results = []
+    for index, (train, test) in enumerate(generate_folds(folds, data)):
+        train_path = workdir / f"train-{index}.yml"
+        train_path.write_text(train.nlu_as_yaml(), encoding="utf-8")
+        model = train_nlu(str(config_path), str(train_path), str(workdir), fixed_model_name=f"c{c}-{index}")
+        agent = Agent.load(model)
+        for example in test.intent_examples:
+            parse = asyncio.run(agent.parse_message(example.get("text")))
+            ranking = [(r["name"], r["confidence"]) for r in parse.get("intent_ranking") or []
+                       if r["name"] != "nlu_fallback"]
+            results.append((example.get("intent"), ranking))
+    return results
+
+
+def ambiguity_threshold() -> float:
+    config = yaml.safe_load((ROOT / "config.yml").read_text(encoding="utf-8"))
+    fallback = [c for c in config["pipeline"] if c["name"] == "FallbackClassifier"]
+    return float(fallback[0].get("ambiguity_threshold", 0.1)) if fallback else 0.0
+
+
+def score(predictions: List[Tuple[str, List[Tuple[str, float]]]], threshold: float) -> Tuple[float, float]:
+    from sklearn.metrics import f1_score
+
+    ambiguity = ambiguity_threshold()
+    gold, predicted = [], []
+    for intent, ranking in predictions:
+        top, confidence = ranking[0] if ranking else (OUT_OF_SCOPE, 0.0)
+        runner_up = ranking[1][1] if len(ranking) > 1 else 0.0
+        rejected = confidence < threshold or confidence - runner_up < ambiguity
+        predicted.append(OUT_OF_SCOPE if rejected else top)
+        gold.append(intent)
+    accuracy = sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)
+    return accuracy, f1_score(gold, predicted, labels=sorted(set(gold)), average="macro", zero_division=0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--c", default="1,3,10,30", help="C values to try")
+    parser.add_argument("--thresholds", default="0.2,0.25,0.3,0.35,0.4,0.45,0.5")
+    args = parser.parse_args()
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    best = (-1.0, None, None)
+    print("C      threshold  accuracy  macro F1")
+    with tempfile.TemporaryDirectory() as tmp:
+        for c in (float(v) for v in args.c.split(",")):
+            predictions = fold_predictions(c, args.folds, Path(tmp))
+            for threshold in thresholds:
+                accuracy, macro_f1 = score(predictions, threshold)
+                print(f"{c:<6g} {threshold:<10g} {accuracy:.3f}     {macro_f1:.3f}", flush=True)
+                if (accuracy + macro_f1) / 2 > best[0]:
+                    best = ((accuracy + macro_f1) / 2, c, threshold)
+    print(f"best: C={best[1]:g}, FallbackClassifier threshold={best[2]:g} (mean of accuracy and F1 {best[0]:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
