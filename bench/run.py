@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,7 +71,11 @@ def failure_reason(log_path: Path) -> str:
 
 def train_once(name: str, config: Path, workdir: Path, attempt: int) -> Dict[str, Any]:
     log_path = workdir / f"train-{attempt}.log"
-    args = [str(servers.BIN / "rasa"), "train", "--config", str(config), "--domain", "domain.yml",
+    # Rasa writes an auto-configured pipeline and an assistant id back into a config that
+    # lacks them (the `rasa init` one): train on a copy so the repo's file stays as it is.
+    work_config = workdir / "config.yml"
+    shutil.copyfile(config, work_config)
+    args = [str(servers.BIN / "rasa"), "train", "--config", str(work_config), "--domain", "domain.yml",
             "--data", "data", "--out", str(workdir), "--fixed-model-name", name, "--force"]
     # No training cache: every config is trained cold, and the shared .rasa/cache is left alone.
     env = servers.base_env(RASA_MAX_CACHE_SIZE="0")
