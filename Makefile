@@ -18,6 +18,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export SQLALCHEMY_SILENCE_UBER_WARNING ?= 1
 export PYTHONDONTWRITEBYTECODE ?= 1
 export TQDM_DISABLE ?= 1
+# Rasa's usage telemetry is on by default; a merchant-facing bot keeps it off.
+export RASA_TELEMETRY_ENABLED ?= false
 
 NLU_DATA := $(shell find data -name '*.yml' 2>/dev/null)
 NLU_CODE := $(wildcard lakala_nlu/*.py) lakala_nlu/userdict.txt
