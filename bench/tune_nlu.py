@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CLASSIFIER = "lakala_nlu.linear.SparseLogisticRegressionClassifier"
 OUT_OF_SCOPE = "out_of_scope"
+EXTRA: Dict[str, Any] = {}  # other classifier settings under test, from --set key=value
 
 
 def config_with(c: float) -> Dict[str, Any]:
@@ -34,6 +35,7 @@ def config_with(c: float) -> Dict[str, Any]:
     for component in config["pipeline"]:
         if component["name"] == CLASSIFIER:
             component["C"] = c
+            component.update(EXTRA)
         if component["name"] == "FallbackClassifier":
             component["threshold"] = 0.0  # replayed below for every threshold
             component["ambiguity_threshold"] = 0.0
@@ -90,7 +92,12 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--c", default="1,3,10,30", help="C values to try")
     parser.add_argument("--thresholds", default="0.2,0.25,0.3,0.35,0.4,0.45,0.5")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another classifier setting for every run (YAML value), e.g. fit_intercept=false")
     args = parser.parse_args()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        EXTRA[key] = yaml.safe_load(value)
     thresholds = [float(t) for t in args.thresholds.split(",")]
     best = (-1.0, None, None)
     print("C      threshold  accuracy  macro F1")

@@ -44,11 +44,11 @@ class SparseLogisticRegressionClassifier(LogisticRegressionClassifier):
 
     @staticmethod
     def get_default_config() -> Dict[str, Any]:
-        return {**LogisticRegressionClassifier.get_default_config(), "C": 1.0}
+        return {**LogisticRegressionClassifier.get_default_config(), "C": 1.0, "fit_intercept": True}
 
     def __init__(self, config: Dict[str, Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        self.clf.set_params(C=self.config["C"])
+        self.clf.set_params(C=self.config["C"], fit_intercept=self.config["fit_intercept"])
 
     def _create_X(self, messages: List[Message]) -> csr_matrix:
         for message in messages:
