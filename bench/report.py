@@ -124,7 +124,8 @@ def notes(result: Dict[str, Any]) -> List[str]:
         "Ratios are ours divided by the peer: for accuracy figures and msg/s above 1 is better; "
         "for latency, time and memory below 1 is better.",
         "Accuracy figures are on the prediction a user gets (after FallbackClassifier); "
-        "nlu_fallback counts as a correct rejection only for out_of_scope.",
+        "nlu_fallback counts as a correct rejection only for out_of_scope. With several trainings "
+        "per config (BENCH_TRAIN_RUNS), each is scored and the medians are shown.",
         "Load: closed-loop users, ~60 % FAQ questions and ~40 % three-message terminal lookups; "
         "errors = exception, timeout (10 s), HTTP status other than 200 or the bot's backend-failure "
         "apology; empty = 200 with no text.",

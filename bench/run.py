@@ -5,7 +5,8 @@ then measures each the same way on this machine and writes a report.
     .venv/bin/python bench/run.py --configs ours,peer_b --model ours=models/lakala.tar.gz
 
 Per config: training time (`rasa train`, median of BENCH_TRAIN_RUNS, default 1); NLU scores
-on tests/nlu_test.yml (bench/nlu_eval.py in a subprocess); then BENCH_RUNS times (default 3)
+on tests/nlu_test.yml (bench/nlu_eval.py in a subprocess; with several trainings, the median of
+each training's scores); then BENCH_RUNS times (default 3)
 a fresh `rasa run` next to the config's action server: time to first answer, closed-loop load
 (bench/loadgen.py) at each of BENCH_USERS (default 1,10,50), and the server's peak memory.
 Writes latest.md, latest.json (every run), latest.png and headline.md to --out.
@@ -92,6 +93,9 @@ def train_once(name: str, config: Path, workdir: Path, attempt: int) -> Dict[str
 
 
 def train(name: str, config: Path, workdir: Path, runs: int) -> List[Dict[str, Any]]:
+    """Trains `runs` times. With more than one run, each trained model is scored on the NLU
+    test set before the next training replaces it (models with random initialisation, like
+    DIET, score differently from one training to the next)."""
     attempts = []
     for attempt in range(1, runs + 1):
         log(f"{name}: training {attempt}/{runs} with {relative(config)} ...")
@@ -100,7 +104,18 @@ def train(name: str, config: Path, workdir: Path, runs: int) -> List[Dict[str, A
         attempts.append(result)
         if not result["ok"]:
             break
+        if runs > 1:
+            result["nlu"] = evaluate_nlu(name, workdir / f"{name}.tar.gz", workdir)
     return attempts
+
+
+def median_nlu(attempts: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per-metric medians of the NLU scores of several trainings."""
+    scores = [a["nlu"] for a in attempts if a.get("nlu")]
+    numeric = [k for k, v in scores[0].items() if isinstance(v, int | float)]
+    merged = {k: median([s[k] for s in scores]) for k in numeric}
+    merged["trainings_scored"] = len(scores)
+    return merged
 
 
 # --- NLU ----------------------------------------------------------------------------------
@@ -184,7 +199,8 @@ def bench_config(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     raw["model"] = relative(model)
     raw["problems"] = []
     try:
-        raw["nlu"] = evaluate_nlu(name, model, workdir)
+        scored = [a for a in raw["train"] if a.get("nlu")]
+        raw["nlu"] = median_nlu(scored) if scored else evaluate_nlu(name, model, workdir)
     except (subprocess.SubprocessError, OSError, ValueError) as error:
         raw["problems"].append(f"NLU scoring failed ({error}); see {relative(workdir / 'nlu.log')}")
     try:
