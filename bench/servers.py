@@ -13,13 +13,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from bench.loadgen import FAILURE_TEXTS
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
 CREDENTIALS = ROOT / "credentials.yml"
 TRACKER_STORE = "lakala_server.tracker_store.UrlSQLTrackerStore"
 SHELLS = {"sh", "bash", "dash", "zsh"}
-FAILURE_TEXTS = [v["text"].strip() for v in yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))
-                 ["responses"]["utter_backend_failed"]]
 
 
 def free_port() -> int:

@@ -72,10 +72,11 @@ def ambiguity_threshold() -> float:
     return float(fallback[0].get("ambiguity_threshold", 0.1)) if fallback else 0.0
 
 
-def score(predictions: List[Tuple[str, List[Tuple[str, float]]]], threshold: float) -> Tuple[float, float]:
+def score(
+    predictions: List[Tuple[str, List[Tuple[str, float]]]], threshold: float, ambiguity: float
+) -> Tuple[float, float]:
     from sklearn.metrics import f1_score
 
-    ambiguity = ambiguity_threshold()
     gold, predicted = [], []
     for intent, ranking in predictions:
         top, confidence = ranking[0] if ranking else (OUT_OF_SCOPE, 0.0)
@@ -99,13 +100,14 @@ def main() -> int:
         key, _, value = item.partition("=")
         EXTRA[key] = yaml.safe_load(value)
     thresholds = [float(t) for t in args.thresholds.split(",")]
+    ambiguity = ambiguity_threshold()
     best = (-1.0, None, None)
     print("C      threshold  accuracy  macro F1")
     with tempfile.TemporaryDirectory() as tmp:
         for c in (float(v) for v in args.c.split(",")):
             predictions = fold_predictions(c, args.folds, Path(tmp))
             for threshold in thresholds:
-                accuracy, macro_f1 = score(predictions, threshold)
+                accuracy, macro_f1 = score(predictions, threshold, ambiguity)
                 print(f"{c:<6g} {threshold:<10g} {accuracy:.3f}     {macro_f1:.3f}", flush=True)
                 if (accuracy + macro_f1) / 2 > best[0]:
                     best = ((accuracy + macro_f1) / 2, c, threshold)
