@@ -1,5 +1,5 @@
 """The project's Chinese spaCy pipeline: blank `zh`, jieba with the domain dictionary,
-and an EntityRuler for terminal numbers and phone tails.
+an EntityRuler for terminal numbers and phone tails, and lemmas for number slang.
 
 `build()` writes the pipeline to a folder that Rasa's SpacyNLP loads by path. The
 tokenizer is registered here under `lakala.jieba_tokenizer.v1`; importing
@@ -19,6 +19,11 @@ USER_DICT = Path(__file__).with_name("userdict.txt")
 TOKENIZER_NAME = "lakala.jieba_tokenizer.v1"
 ENTITY_LABELS = ("terminal_id", "phone_tail")
 TERMINAL_ID_LENGTH = 8
+# Chat slang written in digits. Rasa's CountVectorsFeaturizer turns every number into
+# one __NUMBER__ feature, so "886" (bye) looked exactly like a phone tail or an amount;
+# a word lemma lets the intent model tell them apart. Four-digit slang is left out on
+# purpose: four digits are a phone tail.
+NUMBER_SLANG = {"88": "拜拜", "886": "拜拜"}
 
 _jieba_lock = threading.Lock()
 
@@ -70,6 +75,9 @@ def blank() -> Language:
     nlp = spacy.blank("zh", config={"nlp": {"tokenizer": {"@tokenizers": TOKENIZER_NAME}}})
     ruler = nlp.add_pipe("entity_ruler", config={"overwrite_ents": True})
     ruler.add_patterns(list(entity_patterns()))
+    lemmas = nlp.add_pipe("attribute_ruler")
+    for slang, lemma in NUMBER_SLANG.items():
+        lemmas.add(patterns=[[{"ORTH": slang}]], attrs={"LEMMA": lemma})
     return nlp
 
 
@@ -85,7 +93,11 @@ def build(output: Path) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     nlp.to_disk(output)
     (output / "fingerprint.json").write_text(
-        json.dumps({"patterns": list(entity_patterns())}, ensure_ascii=False, sort_keys=True)
+        json.dumps(
+            {"patterns": list(entity_patterns()), "lemmas": NUMBER_SLANG},
+            ensure_ascii=False,
+            sort_keys=True,
+        )
     )
     return output
 

@@ -60,6 +60,19 @@ def test_entity_ruler_ignores_lookalikes(nlp, text):
     assert [e for e in nlp(text).ents if e.label_ == "terminal_id"] == []
 
 
+@pytest.mark.parametrize("text", ["886", "88", "好的886"])
+def test_number_slang_for_bye_gets_a_word_lemma(nlp, text):
+    # Rasa's featurizer maps every number to __NUMBER__; the lemma keeps "886" (bye)
+    # apart from phone tails and amounts.
+    assert "拜拜" in [token.lemma_ for token in nlp(text)]
+
+
+@pytest.mark.parametrize("text", ["0886", "尾号8886", "30088612", "押金99元"])
+def test_other_numbers_keep_their_own_lemma(nlp, text):
+    assert "拜拜" not in [token.lemma_ for token in nlp(text)]
+    assert nlp("0886").ents[0].label_ == "phone_tail"
+
+
 @pytest.mark.parametrize(
     "traditional, simplified",
     [
