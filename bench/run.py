@@ -4,11 +4,11 @@ then measures each the same way on this machine and writes a report.
     .venv/bin/python bench/run.py                      # all configs (slow: ~40 min)
     .venv/bin/python bench/run.py --configs ours,peer_b --model ours=models/lakala.tar.gz
 
-Per config: training time (`rasa train`, median of BENCH_TRAIN_RUNS, default 1); NLU scores
+Per config: training time (`rasa train`, median of BENCH_TRAIN_RUNS, default 1) and NLU scores
 on tests/nlu_test.yml (bench/nlu_eval.py in a subprocess; with several trainings, the median of
-each training's scores); then BENCH_RUNS times (default 3)
-a fresh `rasa run` next to the config's action server: time to first answer, closed-loop load
-(bench/loadgen.py) at each of BENCH_USERS (default 1,10,50), and the server's peak memory.
+each training's scores). Then BENCH_RUNS rounds (default 3), each running every config once in
+turn: a fresh `rasa run` next to the config's action server, time to first answer, closed-loop
+load (bench/loadgen.py) at each of BENCH_USERS (default 1,10,50), and the server's peak memory.
 Writes latest.md, latest.json (every run), latest.png and headline.md to --out.
 A config that fails to train is recorded as "does not train" with the reason.
 """
@@ -168,20 +168,53 @@ def server_run(name: str, model: Path, serving: Tuple[Path, Path], workdir: Path
         servers.stop(proc)
 
 
-def serve_and_load(name: str, model: Path, workdir: Path, args: argparse.Namespace) -> List[Dict[str, Any]]:
-    action_port = servers.free_port()
-    log(f"{name}: starting the action server ...")
-    actions = servers.start_action_server(workdir, action_port)
+def start_action_servers(names: List[str], args: argparse.Namespace,
+                         raws: Dict[str, Dict[str, Any]]) -> Dict[str, Tuple[Any, Tuple[Path, Path]]]:
+    """One action server per config, each with the serving files for that config."""
+    started: Dict[str, Tuple[Any, Tuple[Path, Path]]] = {}
+    for name in names:
+        workdir = args.work / name
+        try:
+            action_port = servers.free_port()
+            log(f"{name}: starting the action server ...")
+            actions = servers.start_action_server(workdir, action_port)
+            serving = servers.write_serving_files(workdir, action_port, stock=name != "ours")
+            started[name] = (actions, serving)
+        except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as error:
+            raws[name]["problems"].append(f"server benchmark failed: {error}")
+    return started
+
+
+def serve_interleaved(models: Dict[str, Path], raws: Dict[str, Dict[str, Any]], args: argparse.Namespace,
+                      on_progress) -> None:
+    """BENCH_RUNS rounds of fresh servers. Every round runs each config once, and each round
+    starts with a different config, so a shared machine that slows down or speeds up during
+    the benchmark weighs on every config alike instead of on whichever came last."""
+    names = list(models)
+    started = start_action_servers(names, args, raws)
     try:
-        serving = servers.write_serving_files(workdir, action_port, stock=name != "ours")
-        return [server_run(name, model, serving, workdir, run, args) for run in range(1, args.runs + 1)]
+        for run in range(1, args.runs + 1):
+            shift = (run - 1) % len(names) if names else 0
+            for name in names[shift:] + names[:shift]:
+                if name not in started:
+                    continue
+                serving = started[name][1]
+                try:
+                    raws[name].setdefault("server_runs", []).append(
+                        server_run(name, models[name], serving, args.work / name, run, args))
+                except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as error:
+                    raws[name]["problems"].append(f"server benchmark failed: {error}")
+                    servers.stop(started.pop(name)[0])
+                on_progress()
     finally:
-        servers.stop(actions)
+        for actions, _ in started.values():
+            servers.stop(actions)
 
 
 # --- one config ---------------------------------------------------------------------------
 
-def bench_config(name: str, args: argparse.Namespace) -> Dict[str, Any]:
+def prepare_config(name: str, args: argparse.Namespace) -> Tuple[Dict[str, Any], Optional[Path]]:
+    """Training (unless a model is given) and NLU scores; the model to serve, if there is one."""
     config = ROOT / CONFIGS[name]
     workdir = args.work / name
     workdir.mkdir(parents=True, exist_ok=True)
@@ -195,19 +228,16 @@ def bench_config(name: str, args: argparse.Namespace) -> Dict[str, Any]:
         raw["train"] = train(name, config, workdir, args.train_runs)
         model = workdir / f"{name}.tar.gz"
         if not raw["train"][-1]["ok"]:
-            return raw
+            return raw, None
     raw["model"] = relative(model)
     raw["problems"] = []
+    raw["server_runs"] = []
     try:
         scored = [a for a in raw["train"] if a.get("nlu")]
         raw["nlu"] = median_nlu(scored) if scored else evaluate_nlu(name, model, workdir)
     except (subprocess.SubprocessError, OSError, ValueError) as error:
         raw["problems"].append(f"NLU scoring failed ({error}); see {relative(workdir / 'nlu.log')}")
-    try:
-        raw["server_runs"] = serve_and_load(name, model, workdir, args)
-    except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as error:
-        raw["problems"].append(f"server benchmark failed: {error}")
-    return raw
+    return raw, model
 
 
 def summarize(raw: Dict[str, Any], model_given: bool) -> Dict[str, Any]:
@@ -339,11 +369,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         "configs": {}, "summary": {},
     }
     log(f"benchmarking {', '.join(args.configs)}; report in {relative(args.out)}")
+
+    def progress() -> None:
+        for name, raw in result["configs"].items():
+            result["summary"][name] = summarize(raw, name in args.models)
+        save(result, args.out)  # keep what is done if a later step is interrupted
+
+    models: Dict[str, Path] = {}
     for name in args.configs:
-        raw = bench_config(name, args)
-        result["configs"][name] = raw
-        result["summary"][name] = summarize(raw, name in args.models)
-        save(result, args.out)  # keep what is done if a later config is interrupted
+        result["configs"][name], model = prepare_config(name, args)
+        if model is not None:
+            models[name] = model
+        progress()
+    serve_interleaved(models, result["configs"], args, progress)
+    progress()
     report.write_all(result, args.out)
     log(f"wrote {relative(args.out / 'latest.md')}, latest.json, latest.png, headline.md")
     failed = [n for n, s in result["summary"].items() if s.get("status") == "error"]
