@@ -200,7 +200,7 @@ def serve_interleaved(models: Dict[str, Path], raws: Dict[str, Dict[str, Any]], 
                     continue
                 serving = started[name][1]
                 try:
-                    raws[name].setdefault("server_runs", []).append(
+                    raws[name]["server_runs"].append(
                         server_run(name, models[name], serving, args.work / name, run, args))
                 except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as error:
                     raws[name]["problems"].append(f"server benchmark failed: {error}")

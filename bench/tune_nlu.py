@@ -12,7 +12,6 @@ the best mean of accuracy and macro F1 is printed last.
 """
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -20,13 +19,12 @@ from typing import Any, Dict, List, Tuple
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RASA_TELEMETRY_ENABLED", "false")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# nlu_eval's import sets up the environment (repo on sys.path, telemetry off) for both scripts.
+from bench.nlu_eval import OUT_OF_SCOPE, ROOT  # noqa: E402
 
 CLASSIFIER = "lakala_nlu.linear.SparseLogisticRegressionClassifier"
-OUT_OF_SCOPE = "out_of_scope"
 EXTRA: Dict[str, Any] = {}  # other classifier settings under test, from --set key=value
 
 

@@ -70,6 +70,9 @@ def test_number_slang_for_bye_gets_a_word_lemma(nlp, text):
 @pytest.mark.parametrize("text", ["0886", "尾号8886", "30088612", "押金99元"])
 def test_other_numbers_keep_their_own_lemma(nlp, text):
     assert "拜拜" not in [token.lemma_ for token in nlp(text)]
+
+
+def test_a_phone_tail_ending_in_886_stays_a_phone_tail(nlp):
     assert nlp("0886").ents[0].label_ == "phone_tail"
 
 
