@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
-from rasa.core.tracker_store import SQLTrackerStore, TrackerStore, create_tracker_store
+from rasa.core.tracker_store import FailSafeTrackerStore, SQLTrackerStore, TrackerStore, create_tracker_store
 from rasa.shared.core.constants import ACTION_LISTEN_NAME, ACTION_SESSION_START_NAME
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import (
@@ -313,3 +313,32 @@ def test_sqlite_uses_write_ahead_logging(
     with make_store().engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
+def test_a_new_conversation_costs_one_read_and_one_write(
+    domain: Domain, make_store: Callable[[], UrlSQLTrackerStore], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Through the wrapper the server puts around the store: a first message is one SELECT
+    and one INSERT transaction, without counting rows, and every event is stored."""
+    monkeypatch.setenv("TRACKER_DB_URL", f"sqlite:///{tmp_path / 'tracker.db'}")
+    store = make_store()
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2].strip()))
+    served = FailSafeTrackerStore(store)
+
+    tracker = asyncio.run(served.get_or_create_tracker("first-visit"))
+    assert [type(e).__name__ for e in tracker.events] == ["ActionExecuted"]
+    assert tracker.latest_action_name == ACTION_LISTEN_NAME
+    conversation = lookup_conversation(time.time() + 1)  # after the first action_listen, as in the server
+    for event in conversation:
+        tracker.update(event)
+    save(served, tracker)
+
+    selects = [s for s in statements if s.upper().startswith("SELECT")]
+    inserts = [s for s in statements if s.upper().startswith("INSERT")]
+    assert len(selects) == 1 and len(inserts) == 1
+    assert not any("count(" in s.lower() for s in statements)
+    restored = retrieve(make_store(), "first-visit")
+    assert restored is not None
+    assert as_dicts(restored.events) == as_dicts(latest_session(tracker.events))
+    assert count_events(f"sqlite:///{tmp_path / 'tracker.db'}", "events", "first-visit") == 1 + len(conversation)
