@@ -11,9 +11,9 @@ from typing import Any, Dict, List, Optional
 
 from rasa.engine.recipes.default_recipe import DefaultV1Recipe
 from rasa.nlu.classifiers.logistic_regression_classifier import LogisticRegressionClassifier
-from rasa.shared.nlu.constants import TEXT
+from rasa.shared.nlu.constants import FEATURE_TYPE_SENTENCE, TEXT
 from rasa.shared.nlu.training_data.message import Message
-from scipy.sparse import csr_matrix, vstack
+from scipy.sparse import csr_matrix, hstack, vstack
 
 _CACHE = "_lakala_sentence_features"
 
@@ -23,10 +23,16 @@ def sentence_row(message: Message, width: Optional[int]) -> csr_matrix:
     A message without features (an empty one) gets a row of zeros `width` wide."""
     row = getattr(message, _CACHE, None)
     if row is None:
-        _, sentence = message.get_sparse_features(TEXT)
-        if sentence is None:
+        # What Message.get_sparse_features(TEXT) combines for the sentence, in the same
+        # order, without also combining the sequence features (unused here).
+        parts = [
+            feature.features
+            for feature in message.features
+            if feature.is_sparse() and feature.type == FEATURE_TYPE_SENTENCE and feature.attribute == TEXT
+        ]
+        if not parts:
             return csr_matrix((1, width or 0))
-        row = csr_matrix(sentence.features)
+        row = csr_matrix(parts[0] if len(parts) == 1 else hstack(parts))
         setattr(message, _CACHE, row)
     return row
 
