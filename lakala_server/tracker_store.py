@@ -17,13 +17,13 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import sqlalchemy as sa
 from rasa.core.brokers.broker import EventBroker
 from rasa.core.tracker_store import SQLTrackerStore
-from rasa.shared.core.domain import Domain
 from rasa.shared.core.constants import ACTION_LISTEN_NAME
+from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import ActionExecuted, Event, SessionStarted
 from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.shared.nlu.constants import INTENT_NAME_KEY
@@ -164,7 +164,8 @@ class DriverStatement:
         self.sql = str(compiled)
         self._positions = list(compiled.positiontup) if compiled.positional else None
         # Values written into the statement (e.g. the session_started type name).
-        self._fixed = {compiled.bind_names[bind]: bind.value for bind in compiled.binds.values() if bind.value is not None}
+        binds = compiled.binds.values()
+        self._fixed = {compiled.bind_names[bind]: bind.value for bind in binds if bind.value is not None}
 
     def _params(self, values: Dict[str, Any]) -> Union[Dict[str, Any], tuple]:
         if self._fixed:
