@@ -1,5 +1,6 @@
 """The server speed-ups change how fast things run, never what they do."""
 import asyncio
+import json
 from pathlib import Path
 from typing import Any, Dict
 
@@ -37,6 +38,29 @@ def test_valid_action_responses_pass(response: Dict[str, Any]) -> None:
 def test_invalid_action_responses_fail_with_rasas_message(response: Dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match="Failed to validate Action server response"):
         RemoteAction("action_x", None)._validate_action_result(response)
+
+
+SHAPES = VALID + INVALID + [
+    {"events": [{"event": "slot", "name": "terminal_id"}]},  # a slot without a value
+    {"events": [{"event": "slot", "name": 5, "value": "x"}]},
+    {"events": [{"event": "user", "text": "你好", "parse_data": {"intent": {"name": "greet", "confidence": "high"}}}]},
+    {"events": [{"event": "user", "text": "你好", "parse_data": {"intent": {"name": "greet", "confidence": 0.9}}}]},
+    {"events": [{"event": "bot", "text": "您好", "timestamp": "yesterday"}]},
+    {"events": [{"event": "bot", "text": "您好", "timestamp": 1.5, "metadata": None}]},
+    {"events": [{"name": "no event name"}]},
+    {"events": ["not an object"]},
+    {"events": [{"event": "entities", "entities": [{"entity": "terminal_id", "value": "30091254"}]}]},
+    {"events": [{"event": "entities"}]},
+    {"events": None},
+    {"events": [], "responses": [{"text": "好的", "buttons": [{"title": "是", "payload": "/affirm"}]}]},
+]
+
+
+@pytest.mark.parametrize("response", SHAPES)
+def test_fast_check_agrees_with_the_full_schema(response: Dict[str, Any]) -> None:
+    full = speedups.action_response_validator().is_valid(response)
+    assert speedups.event_validators() is not None  # the fast path is in use
+    assert speedups.is_valid_action_result(response) is full
 
 
 def test_the_server_uses_the_sequential_runner() -> None:
@@ -118,8 +142,58 @@ def test_action_server_calls_share_one_connection() -> None:
             await runner.cleanup()
 
     replies = asyncio.run(scenario())
-    assert [r["responses"][0]["text"] for r in replies] == [f'{{"n": {n}}}' for n in range(5)]
+    assert [json.loads(r["responses"][0]["text"]) for r in replies] == [{"n": n} for n in range(5)]
     assert len(peers) == 1
+
+
+def test_action_server_calls_keep_headers_and_basic_auth() -> None:
+    from aiohttp import BasicAuth, web
+    from rasa.utils.endpoints import EndpointConfig
+
+    seen: list = []
+
+    async def webhook(request: web.Request) -> web.Response:
+        seen.append((request.headers.get("X-Token"), request.headers.get("Authorization"), await request.json()))
+        return web.json_response({"events": [], "responses": []})
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_post("/webhook", webhook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        endpoint = EndpointConfig(
+            f"http://127.0.0.1:{port}/webhook", headers={"X-Token": "t1"},
+            basic_auth={"username": "bot", "password": "pw"},
+        )
+        try:
+            await endpoint.request(json={"text": "押金能退吗"})
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+    assert seen == [("t1", BasicAuth("bot", "pw").encode(), {"text": "押金能退吗"})]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"text": "押金能退吗", "confidence": 0.9731, "entities": [], "slots": {"phone_tail": None}},
+        {"big": 2**70, "nested": [1.5, "终端", {"k": True}]},
+        {1: "non-string key"},
+    ],
+    ids=["tracker-like", "wide-int", "int-key"],
+)
+def test_request_bodies_encode_the_same_values_as_json(value: Any) -> None:
+    assert json.loads(speedups.dumps(value)) == json.loads(json.dumps(value))
+
+
+def test_request_bodies_encode_numpy_numbers() -> None:
+    import numpy as np
+
+    assert json.loads(speedups.dumps({"confidence": np.float32(0.5), "n": np.int64(3)})) == {"confidence": 0.5, "n": 3}
 
 
 def test_event_classes_resolve_as_in_rasa() -> None:
