@@ -46,3 +46,14 @@ def test_digits_typed_while_the_tail_is_asked_are_masked_even_without_an_entity(
     event = UserUttered("是1456吧", {"name": "inform", "confidence": 0.5}, []).as_dict()
     assert redact_event_dict(event, phone_tail_requested=True)["text"] == f"是{MASK}吧"
     assert redact_event_dict(event, phone_tail_requested=False)["text"] == "是1456吧"
+
+
+def test_masking_leaves_the_conversation_in_memory_as_it_was(tmp_path, monkeypatch):
+    """The running conversation keeps what the merchant typed; only the stored copy is masked."""
+    monkeypatch.setenv("TRACKER_DB_URL", f"sqlite:///{tmp_path / 'tracker.db'}")
+    domain = Domain.load(str(ROOT / "domain.yml"))
+    tracker = DialogueStateTracker.from_events("merchant", _tail_turn(), domain.slots)
+    before = [event.as_dict() for event in tracker.events]
+    asyncio.run(UrlSQLTrackerStore(domain=domain).save(tracker))
+    assert [event.as_dict() for event in tracker.events] == before
+    assert tracker.events[2].parse_data["entities"][0]["value"] == "0839"
