@@ -9,6 +9,7 @@ predictions are the same (this pipeline has no dense features).
 """
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 from rasa.engine.recipes.default_recipe import DefaultV1Recipe
 from rasa.nlu.classifiers.logistic_regression_classifier import LogisticRegressionClassifier
 from rasa.shared.nlu.constants import FEATURE_TYPE_SENTENCE, TEXT
@@ -32,8 +33,23 @@ def sentence_row(message: Message, width: Optional[int]) -> csr_matrix:
         ]
         if not parts:
             return csr_matrix((1, width or 0))
-        row = csr_matrix(parts[0] if len(parts) == 1 else hstack(parts))
+        row = side_by_side(parts)
         setattr(message, _CACHE, row)
+    return row
+
+
+def side_by_side(parts: List[Any]) -> csr_matrix:
+    """scipy's hstack of one-row sparse matrices, as CSR, without its general block
+    assembly (which cost four times as much for a single row)."""
+    if any(part.shape[0] != 1 for part in parts):
+        return csr_matrix(hstack(parts))
+    coo = [part.tocoo() for part in parts]
+    offsets = np.cumsum([0] + [part.shape[1] for part in coo])
+    columns = np.concatenate([part.col + offset for part, offset in zip(coo, offsets, strict=False)])
+    data = np.concatenate([part.data for part in coo])
+    order = np.argsort(columns, kind="stable")
+    row = csr_matrix((data[order], columns[order], np.array([0, len(columns)])), shape=(1, int(offsets[-1])))
+    row.sum_duplicates()
     return row
 
 

@@ -1,12 +1,20 @@
-"""The linear classifiers' sentence row is what Rasa combines for a message's sentence."""
+"""The sentence features the linear classifiers read are the ones Rasa would give them."""
 import numpy as np
 import pytest
+from rasa.engine.graph import ExecutionContext, GraphSchema
+from rasa.engine.storage.local_model_storage import LocalModelStorage
+from rasa.engine.storage.resource import Resource
+from rasa.nlu.constants import TOKENS_NAMES
+from rasa.nlu.featurizers.sparse_featurizer.count_vectors_featurizer import CountVectorsFeaturizer
+from rasa.nlu.tokenizers.tokenizer import Token
 from rasa.shared.nlu.constants import FEATURE_TYPE_SENTENCE, FEATURE_TYPE_SEQUENCE, INTENT, TEXT
 from rasa.shared.nlu.training_data.features import Features
 from rasa.shared.nlu.training_data.message import Message
-from scipy.sparse import coo_matrix
+from rasa.shared.nlu.training_data.training_data import TrainingData
+from scipy.sparse import coo_matrix, csr_matrix, hstack
 
-from lakala_nlu.linear import sentence_features, sentence_row
+from lakala_nlu.featurizers import SentenceCountVectorsFeaturizer
+from lakala_nlu.linear import sentence_features, sentence_row, side_by_side
 
 
 def sparse(rows: int, values: list) -> coo_matrix:
@@ -38,3 +46,55 @@ def test_sentence_row_matches_rasas_combination(words: list, chars: list) -> Non
 def test_a_message_without_features_is_a_row_of_zeros() -> None:
     matrix = sentence_features([featurized("沉睡", [1, 1, 1], [2, 2]), Message(data={TEXT: ""})], width=5)
     assert matrix.toarray().tolist() == [[1, 1, 1, 2, 2], [0, 0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_side_by_side_is_scipys_hstack(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    parts = []
+    for width in rng.integers(1, 40, size=rng.integers(1, 4)):
+        columns = rng.integers(0, width, size=rng.integers(0, 6))  # repeated columns included
+        parts.append(coo_matrix((rng.integers(1, 5, size=len(columns)), (np.zeros(len(columns)), columns)),
+                                shape=(1, width)))
+    expected = csr_matrix(hstack(parts))
+    ours = side_by_side(parts)
+    assert ours.shape == expected.shape and ours.dtype == expected.dtype
+    assert np.array_equal(ours.toarray(), expected.toarray())
+    assert ours.has_canonical_format
+
+
+def trained_featurizers(tmp_path, analyzer: str) -> tuple:
+    storage = LocalModelStorage(tmp_path)
+    context = ExecutionContext(GraphSchema({}), "test")
+    config = {**CountVectorsFeaturizer.get_default_config(), "analyzer": analyzer, "min_ngram": 1, "max_ngram": 3}
+    examples = ["押金 能 退 吗", "POS机 怎么 注销", "沉睡 了 怎么 激活", "违约金 多少 钱"]
+    featurizers = []
+    for cls in (CountVectorsFeaturizer, SentenceCountVectorsFeaturizer):
+        featurizer = cls.create(config, storage, Resource(f"{cls.__name__}-{analyzer}"), context)
+        data = TrainingData([tokenized(text, intent="x") for text in examples])
+        featurizer.train(data)
+        featurizers.append(featurizer)
+    return tuple(featurizers)
+
+
+def tokenized(text: str, intent: str = "") -> Message:
+    message = Message(data={TEXT: text.replace(" ", ""), **({INTENT: intent} if intent else {})})
+    tokens, start = [], 0
+    for word in text.split():
+        tokens.append(Token(word, start))
+        start += len(word)
+    message.set(TOKENS_NAMES[TEXT], tokens)
+    return message
+
+
+@pytest.mark.parametrize("analyzer", ["word", "char_wb"])
+@pytest.mark.parametrize("text", ["押金 怎么 退", "新 词语 全是 生词", "注销"])
+def test_sentence_featurizer_gives_rasas_sentence_features(tmp_path, analyzer: str, text: str) -> None:
+    rasas, ours = trained_featurizers(tmp_path, analyzer)
+    expected, message = tokenized(text), tokenized(text)
+    rasas.process([expected])
+    ours.process([message])
+    _, rasas_sentence = expected.get_sparse_features(TEXT)
+    sequence, sentence = message.get_sparse_features(TEXT)
+    assert sequence is None  # not computed: nothing here reads it
+    assert np.array_equal(sentence.features.toarray(), rasas_sentence.features.toarray())
