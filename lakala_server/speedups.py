@@ -148,7 +148,6 @@ def execution_order(schema: GraphSchema) -> List[Tuple[str, List[str]]]:
     return order
 
 
-_new_session = EndpointConfig.session
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -189,8 +188,8 @@ class _KeptSession:
 def _shared_session(self: EndpointConfig) -> _KeptSession:
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:  # no loop: a caller outside the server; behave like Rasa
-        return _new_session(self)
+    except RuntimeError:  # no loop: a caller outside the server gets a session of its own, like Rasa's
+        return _session_for(self)
     sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
         self.__dict__.setdefault("_lakala_sessions", weakref.WeakKeyDictionary())
     )

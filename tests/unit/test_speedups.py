@@ -6,12 +6,14 @@ from typing import Any, Dict
 
 import pytest
 import rasa.core.processor
+from aiohttp import BasicAuth, web
 from jsonschema import ValidationError
 from rasa.core.actions.action import RemoteAction
 from rasa.engine.exceptions import GraphComponentException
 from rasa.engine.graph import ExecutionContext, GraphComponent, GraphSchema, SchemaNode
 from rasa.engine.runner.dask import DaskGraphRunner
 from rasa.engine.storage.local_model_storage import LocalModelStorage
+from rasa.utils.endpoints import EndpointConfig
 
 import lakala_server  # noqa: F401  installs the speed-ups, as in the server
 from lakala_server import speedups
@@ -116,64 +118,54 @@ def test_sequential_runner_reports_a_failing_component_like_dask(tmp_path: Path)
             run(runner_class, tmp_path, ["broken"])
 
 
+def with_action_server(webhook: Any, use: Any) -> Any:
+    """`await use(url)` while a real local HTTP server answers POSTs to `url` with `webhook`."""
+
+    async def scenario() -> Any:
+        app = web.Application()
+        app.router.add_post("/webhook", webhook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            return await use(f"http://127.0.0.1:{port}/webhook")
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(scenario())
+
+
 def test_action_server_calls_share_one_connection() -> None:
     """A real local HTTP server counts the TCP connections Rasa's endpoint client opens."""
-    from aiohttp import web
-    from rasa.utils.endpoints import EndpointConfig
-
     peers: set = set()
 
     async def webhook(request: web.Request) -> web.Response:
         peers.add(request.transport.get_extra_info("peername"))
         return web.json_response({"events": [], "responses": [{"text": await request.text()}]})
 
-    async def scenario() -> list:
-        app = web.Application()
-        app.router.add_post("/webhook", webhook)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        endpoint = EndpointConfig(f"http://127.0.0.1:{port}/webhook")
-        try:
-            return [await endpoint.request(json={"n": n}) for n in range(5)]
-        finally:
-            await runner.cleanup()
+    async def five_calls(url: str) -> list:
+        endpoint = EndpointConfig(url)
+        return [await endpoint.request(json={"n": n}) for n in range(5)]
 
-    replies = asyncio.run(scenario())
+    replies = with_action_server(webhook, five_calls)
     assert [json.loads(r["responses"][0]["text"]) for r in replies] == [{"n": n} for n in range(5)]
     assert len(peers) == 1
 
 
 def test_action_server_calls_keep_headers_and_basic_auth() -> None:
-    from aiohttp import BasicAuth, web
-    from rasa.utils.endpoints import EndpointConfig
-
     seen: list = []
 
     async def webhook(request: web.Request) -> web.Response:
         seen.append((request.headers.get("X-Token"), request.headers.get("Authorization"), await request.json()))
         return web.json_response({"events": [], "responses": []})
 
-    async def scenario() -> None:
-        app = web.Application()
-        app.router.add_post("/webhook", webhook)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        endpoint = EndpointConfig(
-            f"http://127.0.0.1:{port}/webhook", headers={"X-Token": "t1"},
-            basic_auth={"username": "bot", "password": "pw"},
-        )
-        try:
-            await endpoint.request(json={"text": "押金能退吗"})
-        finally:
-            await runner.cleanup()
+    async def one_call(url: str) -> None:
+        endpoint = EndpointConfig(url, headers={"X-Token": "t1"}, basic_auth={"username": "bot", "password": "pw"})
+        await endpoint.request(json={"text": "押金能退吗"})
 
-    asyncio.run(scenario())
+    with_action_server(webhook, one_call)
     assert seen == [("t1", BasicAuth("bot", "pw").encode(), {"text": "押金能退吗"})]
 
 
