@@ -1,5 +1,7 @@
 """Rasa-server-side extensions: channels that never answer with silence, the SQL
-tracker store, and fixes for hot spots found by profiling (speedups.py)."""
-from lakala_server import speedups
+tracker store, typed button titles understood as clicks (typed_buttons.py), and fixes for
+hot spots found by profiling (speedups.py)."""
+from lakala_server import speedups, typed_buttons
 
 speedups.install()
+typed_buttons.install()

@@ -11,7 +11,6 @@ import hmac
 import logging
 import re
 import time
-import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from wechatpy.messages import BaseMessage
 from wechatpy.utils import WeChatSigner
 
 from lakala_server import fallback
+from lakala_server.typed_buttons import normalized
 from lakala_server.wechat_api import CustomerServiceClient, WeChatAPIError, split_text
 
 logger = logging.getLogger(__name__)
@@ -130,17 +130,13 @@ def render(messages: List[Dict[str, Any]], option_line: str) -> Tuple[str, List[
     return "\n\n".join(blocks), options
 
 
-def _normalized(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).strip().rstrip("。.!！?？").strip()
-
-
 def resolve_option(text: str, options: List[Option]) -> Optional[Option]:
     """The option the user picked by its number or its text, if any."""
-    answer = _normalized(text)
+    answer = normalized(text)
     if OPTION_NUMBER_RE.fullmatch(answer):
         number = int(answer)
         return options[number - 1] if 1 <= number <= len(options) else None
-    return next((option for option in options if _normalized(option.title) == answer), None)
+    return next((option for option in options if normalized(option.title) == answer), None)
 
 
 class WeChatOutput(OutputChannel):

@@ -1,5 +1,6 @@
 """A merchant chatting over REST with the real Rasa server and action server."""
 import datetime as dt
+import json
 import uuid
 
 import pytest
@@ -201,6 +202,41 @@ def test_deregistration_confirmed_once_even_when_asked_twice(bot):
         rows = connection.execute(sa.text(
             "SELECT count(*) FROM deregistration_requests WHERE terminal_id = 'E2E00001'")).scalar()
     assert rows == 1
+
+
+def stored_user_texts(bot, sender):
+    """What the tracker store kept as the user's words, in order."""
+    engine = sa.create_engine(f"sqlite:///{bot.workdir / 'tracker.db'}")
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(sa.text(
+                "SELECT data FROM events WHERE sender_id = :sender AND type_name = 'user' ORDER BY id"),
+                {"sender": sender}).scalars()
+            return [json.loads(row)["text"] for row in rows]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("typed, terminal_id, confirmed", [
+    ("先不注销", "E2E00002", False),
+    ("确认注销！", "E2E00003", True),
+])
+def test_typing_a_confirmation_button_title_works_like_tapping_it(bot, typed, terminal_id, confirmed):
+    # The question offers the buttons 确认注销 and 先不注销; merchants often type them instead.
+    registry = add_active_terminal(bot, terminal_id, "7788", fee=0)
+    sender = new_sender()
+    bot.texts(sender, f"申请注销终端{terminal_id}")
+    texts = bot.texts(sender, "7788")
+    assert said(texts, "utter_ask_deregistration_confirmed") or said(
+        texts, "utter_ask_deregistration_confirmed_estimate")
+    texts = bot.texts(sender, typed)
+    request_id = registry.status(terminal_id).request_id
+    if confirmed:
+        assert request_id and any(request_id in text for text in texts), texts
+    else:
+        assert_said(texts, "utter_deregistration_cancelled", terminal_id=terminal_id)
+        assert request_id is None
+    assert stored_user_texts(bot, sender)[-1] == typed
 
 
 FAQ_OPTIONS = {

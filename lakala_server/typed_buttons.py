@@ -1,0 +1,73 @@
+"""A button's title typed as text counts as a click on that button, on every channel.
+
+Merchants often type what a button says instead of tapping it ("先不注销" under the
+deregistration question). The classifier reads such a text as a sentence and may pick
+another intent; the bot itself offered the words, so it should understand them exactly.
+Before the NLU runs, the text is compared with the titles of the buttons the bot sent since
+the user's last message; on a match the button's payload is parsed instead, as a click
+would send it. The user's own words stay in the conversation. Anything else goes to the
+NLU as before. WeChat also accepts an option's number (lakala_server/wechat.py).
+"""
+import copy
+import unicodedata
+from typing import Any, Dict, List, Optional, Reversible
+
+from rasa.core.channels.channel import UserMessage
+from rasa.core.processor import MessageProcessor
+from rasa.shared.core.events import BotUttered, UserUttered
+from rasa.shared.core.trackers import DialogueStateTracker
+
+_TRAILING_PUNCTUATION = "。.!！?？~～"
+
+
+def normalized(text: str) -> str:
+    """The form in which a typed answer and a button title are compared."""
+    return unicodedata.normalize("NFKC", text).strip().rstrip(_TRAILING_PUNCTUATION).strip()
+
+
+def offered_buttons(events: Reversible[Any]) -> List[Dict[str, Any]]:
+    """The buttons of the bot's messages after the user's last message, in the order sent."""
+    buttons: List[Dict[str, Any]] = []
+    for event in reversed(events):
+        if isinstance(event, UserUttered):
+            break
+        if isinstance(event, BotUttered):
+            buttons[:0] = event.data.get("buttons") or []
+    return buttons
+
+
+def typed_button_payload(tracker: DialogueStateTracker, text: Optional[str]) -> Optional[str]:
+    """The payload of the offered button whose title is `text`, if there is one."""
+    answer = normalized(text or "")
+    if not answer or answer.startswith("/"):
+        return None
+    for button in offered_buttons(tracker.events):
+        title = str(button.get("title") or "")
+        payload = str(button.get("payload") or "").strip()
+        if payload and normalized(title) == answer:
+            return payload
+    return None
+
+
+_parse_message = MessageProcessor.parse_message
+
+
+async def _parse_message_with_buttons(
+    self: MessageProcessor,
+    message: UserMessage,
+    tracker: Optional[DialogueStateTracker] = None,
+    only_output_properties: bool = True,
+) -> Dict[str, Any]:
+    payload = typed_button_payload(tracker, message.text) if tracker is not None else None
+    if payload is None:
+        return await _parse_message(self, message, tracker, only_output_properties)
+    clicked = copy.copy(message)
+    clicked.text = payload
+    parse_data = await _parse_message(self, clicked, tracker, only_output_properties)
+    parse_data["text"] = message.text
+    return parse_data
+
+
+def install() -> None:
+    """Idempotent; called when the server imports lakala_server."""
+    MessageProcessor.parse_message = _parse_message_with_buttons  # type: ignore[method-assign]
