@@ -91,6 +91,8 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--c", default="1,3,10,30", help="C values to try")
     parser.add_argument("--thresholds", default="0.2,0.25,0.3,0.35,0.4,0.45,0.5")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed for the fold split (Rasa's folds are shuffled at random otherwise)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another classifier setting for every run (YAML value), e.g. fit_intercept=false")
     args = parser.parse_args()
@@ -98,6 +100,10 @@ def main() -> int:
         key, _, value = item.partition("=")
         EXTRA[key] = yaml.safe_load(value)
     thresholds = [float(t) for t in args.thresholds.split(",")]
+    if args.seed is not None:
+        import numpy
+
+        numpy.random.seed(args.seed)  # rasa.nlu.test.generate_folds shuffles with numpy's global state
     ambiguity = ambiguity_threshold()
     best = (-1.0, None, None)
     print("C      threshold  accuracy  macro F1")
