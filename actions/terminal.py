@@ -7,6 +7,8 @@ sentence is a response in domain.yml.
 import asyncio
 import datetime as dt
 import logging
+import re
+import unicodedata
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Dict, List, Optional, TypeVar
 
@@ -33,6 +35,29 @@ MAX_VERIFY_FAILURES = 3
 # Stored in the phone_tail slot once checked, so the digits never stay in the tracker.
 VERIFIED = "verified"
 T = TypeVar("T")
+
+# A typed answer to "确认要注销吗？" that the classifier may read as another intent (先不注销
+# looks like the ask_need_deregister question 不注销会怎么样). Read only at that question,
+# only short statements; a question about it (any question word) is left to the FAQ answers.
+DECISION_MAX_CHARS = 12
+QUESTION = re.compile(r"[吗么嘛呢?？]|怎|会不会|能不能|可不可以|是不是|要不要|需不需要|行不行|多少|什么|多久|影响|后果")
+ACTION = r"(?:注销|办理?|申请|提交|弄)"
+DECLINE = re.compile(r"(?:不|别|暂不|先不|不要|不用|不想|不打算)(?:再|先|去|急着|着急)?" + ACTION)
+CONFIRM = re.compile(r"^(?:(?:对|是的?|好的?|行|嗯|可以|确认|确定|同意|没问题)[,，、 ]*)?"
+                     r"(?:就|请|帮我|马上|现在|立即|确认|确定|我要|要)*" + ACTION + r"(?:吧|了|啊|呀|掉|掉吧)?$")
+NEGATION = re.compile(r"[不别没]")
+
+
+def confirmation_decision(text: str) -> Optional[bool]:
+    """True or False when `text` plainly confirms or declines the deregistration, else None."""
+    answer = re.sub(r"[\s。.!！~～]+", "", unicodedata.normalize("NFKC", text or ""))
+    if not answer or len(answer) > DECISION_MAX_CHARS or QUESTION.search(answer):
+        return None
+    if DECLINE.search(answer):
+        return False
+    if not NEGATION.search(answer) and CONFIRM.match(answer):
+        return True
+    return None
 
 STATE_RESPONSES = {
     policy.TerminalState.ACTIVE: "utter_status_active",
@@ -253,6 +278,20 @@ class ValidateDeregistrationForm(TerminalVerification):
             # Already deregistered or pending: the submit step answers without asking.
             return [slot for slot in slots if slot != "deregistration_confirmed"]
         return slots
+
+    async def extract_deregistration_confirmed(
+        self,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: DomainDict,
+    ) -> Dict[str, Any]:
+        """A typed yes or no to the confirmation question the intent mappings did not catch."""
+        if tracker.get_slot("requested_slot") != "deregistration_confirmed":
+            return {}
+        if (tracker.latest_message.get("intent") or {}).get("name") in ("affirm", "deny"):
+            return {}  # the slot's from_intent mappings already answered
+        decision = confirmation_decision(tracker.latest_message.get("text") or "")
+        return {} if decision is None else {"deregistration_confirmed": decision}
 
 
 class ActionAskDeregistrationConfirmed(Action):

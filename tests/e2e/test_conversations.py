@@ -218,11 +218,13 @@ def stored_user_texts(bot, sender):
 
 
 @pytest.mark.parametrize("typed, terminal_id, confirmed", [
-    ("先不注销", "E2E00002", False),
+    ("先不注销", "E2E00002", False),  # the buttons' titles, typed
     ("确认注销！", "E2E00003", True),
+    ("不注销了", "E2E00004", False),  # other words for the same decision
+    ("可以注销", "E2E00005", True),
 ])
-def test_typing_a_confirmation_button_title_works_like_tapping_it(bot, typed, terminal_id, confirmed):
-    # The question offers the buttons 确认注销 and 先不注销; merchants often type them instead.
+def test_typed_answers_to_the_confirmation_work_like_its_buttons(bot, typed, terminal_id, confirmed):
+    # The question offers the buttons 确认注销 and 先不注销; merchants often type instead.
     registry = add_active_terminal(bot, terminal_id, "7788", fee=0)
     sender = new_sender()
     bot.texts(sender, f"申请注销终端{terminal_id}")
@@ -237,6 +239,18 @@ def test_typing_a_confirmation_button_title_works_like_tapping_it(bot, typed, te
         assert_said(texts, "utter_deregistration_cancelled", terminal_id=terminal_id)
         assert request_id is None
     assert stored_user_texts(bot, sender)[-1] == typed
+
+
+def test_a_question_at_the_confirmation_is_answered_and_the_question_asked_again(bot):
+    registry = add_active_terminal(bot, "E2E00006", "7788", fee=0)
+    sender = new_sender()
+    bot.texts(sender, "申请注销终端E2E00006")
+    bot.texts(sender, "7788")
+    texts = bot.texts(sender, "不注销会怎么样")
+    assert_said(texts, "utter_need_deregister")
+    assert said(texts, "utter_ask_deregistration_confirmed") or said(
+        texts, "utter_ask_deregistration_confirmed_estimate")
+    assert registry.status("E2E00006").request_id is None
 
 
 FAQ_OPTIONS = {

@@ -34,6 +34,7 @@ from actions.terminal import (
     ActionTerminalStatus,
     ValidateDeregistrationForm,
     ValidateTerminalStatusForm,
+    confirmation_decision,
 )
 from tests.postgres import postgres_schema
 
@@ -510,6 +511,44 @@ def test_verifying_a_pending_terminal_ends_the_deregistration_form(registry: reg
     messages, slots, _ = validate(ValidateDeregistrationForm(), {"terminal_id": "30091254"}, {"phone_tail": "6721"})
     assert slots["verified_terminal"] == "30091254"
     assert "requested_slot" not in slots  # Rasa goes on to ask for the confirmation
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        *[(text, False) for text in ["不注销了", "暂时先不注销", "还是不要注销了", "先不办了", "别注销", "我决定不注销",
+                                     "算了，不注销了", "不用注销了 。"]],
+        *[(text, True) for text in ["对，注销吧", "确定要注销", "可以，帮我办吧", "好的，提交吧", "就注销吧", "注销吧！",
+                                    "要注销"]],
+        # Questions (answered by the FAQ, then the question is asked again) and anything unclear.
+        *[(text, None) for text in ["不注销会怎么样", "不注销可以吗", "可以注销吗", "注销要多久", "违约金多少",
+                                    "确认一下违约金多少", "不确定", "注销账户", "我再想想", "你好", "",
+                                    "好的，我马上注销但是想先问一下押金的事情"]],
+    ],
+)
+def test_typed_decision_at_the_confirmation(typed: str, expected: bool | None) -> None:
+    assert confirmation_decision(typed) is expected
+
+
+def confirmation_reply(registry: reg.Registry, text: str, intent: str, requested: str) -> dict[str, Any]:
+    """Slots the deregistration form's validation sets for `text` when `requested` was asked."""
+    tracker = make_tracker(verified("30091254", requested_slot=requested), intent=intent,
+                           form="deregistration_form")
+    tracker.latest_message["text"] = text
+    messages, events = run(ValidateDeregistrationForm(), tracker)
+    assert messages == []
+    return {event["name"]: event["value"] for event in events}
+
+
+def test_the_form_reads_typed_decisions_the_classifier_missed(registry: reg.Registry) -> None:
+    asked = "deregistration_confirmed"
+    assert confirmation_reply(registry, "不注销了", "ask_need_deregister", asked) == {asked: False}
+    assert confirmation_reply(registry, "可以注销", "ask_need_deregister", asked) == {asked: True}
+    # A question is left alone, so Rasa rejects the form and the FAQ rule answers it.
+    assert confirmation_reply(registry, "不注销会怎么样", "ask_need_deregister", asked) == {}
+    # Only at the confirmation question, and never against what the intent mappings decided.
+    assert confirmation_reply(registry, "不注销了", "ask_need_deregister", "terminal_id") == {}
+    assert confirmation_reply(registry, "可以注销", "deny", asked) == {}
 
 
 @pytest.mark.parametrize(
