@@ -518,8 +518,8 @@ def test_verifying_a_pending_terminal_ends_the_deregistration_form(registry: reg
     [
         *[(text, False) for text in ["不注销了", "暂时先不注销", "还是不要注销了", "先不办了", "别注销", "我决定不注销",
                                      "算了，不注销了", "不用注销了 。"]],
-        *[(text, True) for text in ["对，注销吧", "确定要注销", "可以，帮我办吧", "好的，提交吧", "就注销吧", "注销吧！",
-                                    "要注销"]],
+        *[(text, True) for text in ["对，注销吧", "确定要注销", "可以，帮我办吧", "好的，提交吧", "就注销吧",
+                                    "注销吧！", "要注销"]],
         # Questions (answered by the FAQ, then the question is asked again) and anything unclear.
         *[(text, None) for text in ["不注销会怎么样", "不注销可以吗", "可以注销吗", "注销要多久", "违约金多少",
                                     "确认一下违约金多少", "不确定", "注销账户", "我再想想", "你好", "",
