@@ -8,7 +8,6 @@ import asyncio
 import datetime as dt
 import logging
 import re
-import unicodedata
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Dict, List, Optional, TypeVar
 
@@ -28,6 +27,7 @@ from actions.registry import (
     normalize_phone_tail,
     normalize_terminal_id,
 )
+from lakala_nlu.text import normalize
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ T = TypeVar("T")
 # looks like the ask_need_deregister question 不注销会怎么样). Read only at that question,
 # only short statements; a question about it (any question word) is left to the FAQ answers.
 DECISION_MAX_CHARS = 12
-QUESTION = re.compile(r"[吗么嘛呢?？]|怎|会不会|能不能|可不可以|是不是|要不要|需不需要|行不行|多少|什么|多久|影响|后果")
+QUESTION = re.compile(r"[吗么嘛呢?]|怎|会不会|能不能|可不可以|是不是|要不要|需不需要|行不行|多少|多久|影响|后果")
 ACTION = r"(?:注销|办理?|申请|提交|弄)"
 DECLINE = re.compile(r"(?:不|别|暂不|先不|不要|不用|不想|不打算)(?:再|先|去|急着|着急)?" + ACTION)
 CONFIRM = re.compile(r"^(?:(?:对|是的?|好的?|行|嗯|可以|确认|确定|同意|没问题)[,，、 ]*)?"
@@ -50,7 +50,7 @@ NEGATION = re.compile(r"[不别没]")
 
 def confirmation_decision(text: str) -> Optional[bool]:
     """True or False when `text` plainly confirms or declines the deregistration, else None."""
-    answer = re.sub(r"[\s。.!！~～]+", "", unicodedata.normalize("NFKC", text or ""))
+    answer = re.sub(r"[\s。.!~～]+", "", normalize(text))  # the NLU's normalisation: half-width, simplified
     if not answer or len(answer) > DECISION_MAX_CHARS or QUESTION.search(answer):
         return None
     if DECLINE.search(answer):

@@ -9,7 +9,7 @@ would send it. The user's own words stay in the conversation. Anything else goes
 NLU as before. WeChat also accepts an option's number (lakala_server/wechat.py).
 """
 import copy
-import unicodedata
+import functools
 from typing import Any, Dict, List, Optional, Reversible
 
 from rasa.core.channels.channel import UserMessage
@@ -17,12 +17,18 @@ from rasa.core.processor import MessageProcessor
 from rasa.shared.core.events import BotUttered, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 
-_TRAILING_PUNCTUATION = "。.!！?？~～"
+from lakala_nlu.text import normalize
+
+_TRAILING_PUNCTUATION = "。.!?~～"  # after normalize, which makes full-width marks half-width
 
 
 def normalized(text: str) -> str:
-    """The form in which a typed answer and a button title are compared."""
-    return unicodedata.normalize("NFKC", text).strip().rstrip(_TRAILING_PUNCTUATION).strip()
+    """The form in which a typed answer and a button title are compared: the NLU's own
+    normalisation (half-width, simplified), without surrounding spaces or final punctuation."""
+    return normalize(text).strip().rstrip(_TRAILING_PUNCTUATION).strip()
+
+
+_normalized_title = functools.lru_cache(maxsize=1024)(normalized)  # titles come from domain.yml
 
 
 def offered_buttons(events: Reversible[Any]) -> List[Dict[str, Any]]:
@@ -38,13 +44,13 @@ def offered_buttons(events: Reversible[Any]) -> List[Dict[str, Any]]:
 
 def typed_button_payload(tracker: DialogueStateTracker, text: Optional[str]) -> Optional[str]:
     """The payload of the offered button whose title is `text`, if there is one."""
-    answer = normalized(text or "")
+    buttons = offered_buttons(tracker.events)
+    answer = normalized(text) if buttons and text else ""
     if not answer or answer.startswith("/"):
         return None
-    for button in offered_buttons(tracker.events):
-        title = str(button.get("title") or "")
+    for button in buttons:
         payload = str(button.get("payload") or "").strip()
-        if payload and normalized(title) == answer:
+        if payload and _normalized_title(str(button.get("title") or "")) == answer:
             return payload
     return None
 
