@@ -12,10 +12,11 @@ the best mean of accuracy and macro F1 is printed last.
 """
 import argparse
 import asyncio
+import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -40,8 +41,13 @@ def config_with(c: float) -> Dict[str, Any]:
     return config
 
 
-def fold_predictions(c: float, folds: int, workdir: Path) -> List[Tuple[str, List[Tuple[str, float]]]]:
-    """(gold intent, [(intent, confidence), ...]) for every training example, held out once."""
+def fold_predictions(
+    c: float, folds: int, workdir: Path, data_path: Path, extra: Optional[Path] = None
+) -> List[Tuple[str, List[Tuple[str, float]]]]:
+    """(gold intent, [(intent, confidence), ...]) for every example of `data_path`, held out
+    once. `extra` (a file or folder of NLU data) joins every training fold and is never
+    scored: new examples can be judged by what they do for the examples already there,
+    on the same folds."""
     from rasa.core.agent import Agent
     from rasa.model_training import train_nlu
     from rasa.nlu.test import generate_folds
@@ -49,9 +55,12 @@ def fold_predictions(c: float, folds: int, workdir: Path) -> List[Tuple[str, Lis
 
     config_path = workdir / f"config-{c}.yml"
     config_path.write_text(yaml.safe_dump(config_with(c), allow_unicode=True), encoding="utf-8")
-    data = load_data(str(ROOT / "data" / "nlu"))
+    data = load_data(str(data_path))
+    added = load_data(str(extra)) if extra else None
     results = []
     for index, (train, test) in enumerate(generate_folds(folds, data)):
+        if added is not None:
+            train = train.merge(added)
         train_path = workdir / f"train-{index}.yml"
         train_path.write_text(train.nlu_as_yaml(), encoding="utf-8")
         model = train_nlu(str(config_path), str(train_path), str(workdir), fixed_model_name=f"c{c}-{index}")
@@ -70,11 +79,10 @@ def ambiguity_threshold() -> float:
     return float(fallback[0].get("ambiguity_threshold", 0.1)) if fallback else 0.0
 
 
-def score(
+def decisions(
     predictions: List[Tuple[str, List[Tuple[str, float]]]], threshold: float, ambiguity: float
-) -> Tuple[float, float]:
-    from sklearn.metrics import f1_score
-
+) -> Tuple[List[str], List[str]]:
+    """(gold, predicted) intents after the fallback decision, out_of_scope for a rejection."""
     gold, predicted = [], []
     for intent, ranking in predictions:
         top, confidence = ranking[0] if ranking else (OUT_OF_SCOPE, 0.0)
@@ -82,8 +90,45 @@ def score(
         rejected = confidence < threshold or confidence - runner_up < ambiguity
         predicted.append(OUT_OF_SCOPE if rejected else top)
         gold.append(intent)
+    return gold, predicted
+
+
+def score(
+    predictions: List[Tuple[str, List[Tuple[str, float]]]], threshold: float, ambiguity: float
+) -> Tuple[float, float]:
+    from sklearn.metrics import f1_score
+
+    gold, predicted = decisions(predictions, threshold, ambiguity)
     accuracy = sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)
     return accuracy, f1_score(gold, predicted, labels=sorted(set(gold)), average="macro", zero_division=0)
+
+
+def report(predictions: List[Tuple[str, List[Tuple[str, float]]]], threshold: float, ambiguity: float) -> None:
+    """Per-intent F1 (weakest first) and the most frequent confusions, to show where the
+    training data is thin. Only held-out folds of data/ are read."""
+    from collections import Counter
+
+    from sklearn.metrics import f1_score
+
+    gold, predicted = decisions(predictions, threshold, ambiguity)
+    labels = sorted(set(gold))
+    scores = f1_score(gold, predicted, labels=labels, average=None, zero_division=0)
+    print("intent                        F1     n")
+    support = Counter(gold)
+    for label, value in sorted(zip(labels, scores, strict=True), key=lambda pair: pair[1]):
+        print(f"{label:<29} {value:.3f}  {support[label]}")
+    confusions = Counter((g, p) for g, p in zip(gold, predicted, strict=True) if g != p)
+    print("most frequent confusions (gold -> predicted):")
+    for (g, p), count in confusions.most_common(15):
+        print(f"  {count:3d}  {g} -> {p}")
+
+
+def quiet() -> None:
+    """Warnings only: Rasa's structlog otherwise prints a debug line per parsed example."""
+    import structlog
+
+    logging.basicConfig(level=logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 def main() -> int:
@@ -95,7 +140,14 @@ def main() -> int:
                         help="seed for the fold split (Rasa's folds are shuffled at random otherwise)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another classifier setting for every run (YAML value), e.g. fit_intercept=false")
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "nlu",
+                        help="the NLU data to split into folds (default: data/nlu)")
+    parser.add_argument("--extra", type=Path, default=None,
+                        help="NLU data added to every training fold and never scored")
+    parser.add_argument("--report", action="store_true",
+                        help="per-intent F1 and the top confusions for the best pair")
     args = parser.parse_args()
+    quiet()
     for item in args.set:
         key, _, value = item.partition("=")
         EXTRA[key] = yaml.safe_load(value)
@@ -105,16 +157,18 @@ def main() -> int:
 
         numpy.random.seed(args.seed)  # rasa.nlu.test.generate_folds shuffles with numpy's global state
     ambiguity = ambiguity_threshold()
-    best = (-1.0, None, None)
+    best: Tuple[float, Any, Any, Any] = (-1.0, None, None, None)
     print("C      threshold  accuracy  macro F1")
     with tempfile.TemporaryDirectory() as tmp:
         for c in (float(v) for v in args.c.split(",")):
-            predictions = fold_predictions(c, args.folds, Path(tmp))
+            predictions = fold_predictions(c, args.folds, Path(tmp), args.data, args.extra)
             for threshold in thresholds:
                 accuracy, macro_f1 = score(predictions, threshold, ambiguity)
                 print(f"{c:<6g} {threshold:<10g} {accuracy:.3f}     {macro_f1:.3f}", flush=True)
                 if (accuracy + macro_f1) / 2 > best[0]:
-                    best = ((accuracy + macro_f1) / 2, c, threshold)
+                    best = ((accuracy + macro_f1) / 2, c, threshold, predictions)
+    if args.report:
+        report(best[3], best[2], ambiguity)
     print(f"best: C={best[1]:g}, FallbackClassifier threshold={best[2]:g} (mean of accuracy and F1 {best[0]:.3f})")
     return 0
 
