@@ -98,3 +98,59 @@ def test_sentence_featurizer_gives_rasas_sentence_features(tmp_path, analyzer: s
     sequence, sentence = message.get_sparse_features(TEXT)
     assert sequence is None  # not computed: nothing here reads it
     assert np.array_equal(sentence.features.toarray(), rasas_sentence.features.toarray())
+
+
+def classifier_examples() -> list:
+    rng = np.random.default_rng(7)
+    examples = []
+    for index in range(30):
+        intent = ["ask_deposit", "greet", "out_of_scope"][index % 3]
+        words = (rng.poisson(0.6, size=6) + np.eye(6, dtype=int)[index % 3] * 2).tolist()
+        message = featurized(f"例句{index}", words, rng.poisson(0.4, size=4).tolist())
+        message.set(INTENT, intent)
+        examples.append(message)
+    return examples
+
+
+def trained_classifier(tmp_path, tfidf: bool) -> tuple:
+    from lakala_nlu.linear import SparseLogisticRegressionClassifier
+
+    storage = LocalModelStorage(tmp_path)
+    resource = Resource(f"intent-{tfidf}")
+    context = ExecutionContext(GraphSchema({}), "test")
+    config = {**SparseLogisticRegressionClassifier.get_default_config(), "C": 30, "fit_intercept": False,
+              "tfidf": tfidf}
+    classifier = SparseLogisticRegressionClassifier.create(config, storage, resource, context)
+    classifier.train(TrainingData(classifier_examples()))
+    loaded = SparseLogisticRegressionClassifier.load(config, storage, resource, context)
+    return classifier, loaded
+
+
+def ranking(classifier, words: list, chars: list) -> dict:
+    message = featurized("押金能退吗", words, chars)
+    classifier.process([message])
+    return {entry["name"]: entry["confidence"] for entry in message.get("intent_ranking")}
+
+
+@pytest.mark.parametrize("words,chars", [([3, 0, 0, 1, 0, 0], [1, 0, 0, 0]), ([0, 1, 0, 0, 2, 1], [0, 0, 3, 0])])
+def test_tfidf_classifier_is_scikit_learns_tfidf_then_regression(tmp_path, words: list, chars: list) -> None:
+    from sklearn.base import clone
+    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.pipeline import make_pipeline
+
+    classifier, loaded = trained_classifier(tmp_path, tfidf=True)
+    examples = classifier_examples()
+    reference = make_pipeline(TfidfTransformer(sublinear_tf=True), clone(classifier.clf))
+    reference.fit(sentence_features(examples), [message.get(INTENT) for message in examples])
+    expected = dict(zip(reference.classes_, reference.predict_proba(csr_matrix([words + chars]))[0], strict=True))
+    for model in (classifier, loaded):  # as trained, and as loaded from the model storage
+        assert ranking(model, words, chars) == pytest.approx(expected, abs=1e-9)
+
+
+def test_tfidf_changes_the_prediction_and_survives_loading(tmp_path) -> None:
+    counts, _ = trained_classifier(tmp_path, tfidf=False)
+    weighted, loaded = trained_classifier(tmp_path, tfidf=True)
+    assert loaded.tfidf is not None
+    assert np.array_equal(loaded.tfidf.idf_, weighted.tfidf.idf_)
+    words, chars = [0, 4, 0, 0, 1, 0], [2, 0, 0, 1]
+    assert ranking(counts, words, chars) != pytest.approx(ranking(weighted, words, chars), abs=1e-6)
