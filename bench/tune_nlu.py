@@ -42,9 +42,9 @@ def config_with(c: float) -> Dict[str, Any]:
 
 
 def fold_predictions(
-    c: float, folds: int, workdir: Path, data_path: Path, extra: Optional[Path] = None
+    c: float, folds: int, workdir: Path, extra: Optional[Path] = None
 ) -> List[Tuple[str, List[Tuple[str, float]]]]:
-    """(gold intent, [(intent, confidence), ...]) for every example of `data_path`, held out
+    """(gold intent, [(intent, confidence), ...]) for every example of data/nlu, held out
     once. `extra` (a file or folder of NLU data) joins every training fold and is never
     scored: new examples can be judged by what they do for the examples already there,
     on the same folds."""
@@ -55,7 +55,7 @@ def fold_predictions(
 
     config_path = workdir / f"config-{c}.yml"
     config_path.write_text(yaml.safe_dump(config_with(c), allow_unicode=True), encoding="utf-8")
-    data = load_data(str(data_path))
+    data = load_data(str(ROOT / "data" / "nlu"))
     added = load_data(str(extra)) if extra else None
     results = []
     for index, (train, test) in enumerate(generate_folds(folds, data)):
@@ -140,8 +140,6 @@ def main() -> int:
                         help="seed for the fold split (Rasa's folds are shuffled at random otherwise)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another classifier setting for every run (YAML value), e.g. fit_intercept=false")
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "nlu",
-                        help="the NLU data to split into folds (default: data/nlu)")
     parser.add_argument("--extra", type=Path, default=None,
                         help="NLU data added to every training fold and never scored")
     parser.add_argument("--report", action="store_true",
@@ -161,7 +159,7 @@ def main() -> int:
     print("C      threshold  accuracy  macro F1")
     with tempfile.TemporaryDirectory() as tmp:
         for c in (float(v) for v in args.c.split(",")):
-            predictions = fold_predictions(c, args.folds, Path(tmp), args.data, args.extra)
+            predictions = fold_predictions(c, args.folds, Path(tmp), args.extra)
             for threshold in thresholds:
                 accuracy, macro_f1 = score(predictions, threshold, ambiguity)
                 print(f"{c:<6g} {threshold:<10g} {accuracy:.3f}     {macro_f1:.3f}", flush=True)
