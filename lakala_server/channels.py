@@ -5,6 +5,7 @@ from rasa.core.channels.channel import UserMessage
 from rasa.core.channels.rest import RestInput
 from sanic import Blueprint
 
+from lakala_server import speedups
 from lakala_server.fallback import never_silent
 
 
@@ -18,4 +19,7 @@ class SafeRestInput(RestInput):
     def blueprint(
         self, on_new_message: Callable[[UserMessage], Awaitable[Any]]
     ) -> Blueprint:
-        return super().blueprint(never_silent(on_new_message))
+        blueprint = super().blueprint(never_silent(on_new_message))
+        # The model is loaded before the server starts (Rasa's before_server_start listener).
+        blueprint.listener("after_server_start")(speedups.freeze_loaded_objects)
+        return blueprint

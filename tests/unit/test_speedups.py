@@ -199,3 +199,34 @@ def test_event_classes_resolve_as_in_rasa() -> None:
     assert Event.resolve_by_type("topic") is None
     with pytest.raises(ValueError, match="Unknown event name"):
         Event.resolve_by_type("no_such_event")
+
+
+def test_objects_loaded_before_the_server_starts_are_frozen_and_later_garbage_collected() -> None:
+    import gc
+    import weakref
+
+    from lakala_server.channels import SafeRestInput
+
+    async def on_message(_: Any) -> None:
+        return None
+
+    blueprint = SafeRestInput().blueprint(on_message)
+    assert ("freeze_loaded_objects", "after_server_start") in [
+        (future.listener.__name__, future.event) for future in blueprint._future_listeners
+    ]
+
+    class Cycle:
+        pass
+
+    gc.unfreeze()
+    try:
+        asyncio.run(speedups.freeze_loaded_objects(None, None))
+        assert gc.get_freeze_count() > 1000  # this test process's modules, at least
+        later = Cycle()
+        later.self = later  # garbage in a reference cycle, made after the freeze
+        alive = weakref.ref(later)
+        del later
+        gc.collect()
+        assert alive() is None
+    finally:
+        gc.unfreeze()
