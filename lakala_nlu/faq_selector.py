@@ -31,11 +31,11 @@ from rasa.shared.nlu.training_data.util import intent_response_key_to_template_k
 from rasa.shared.utils.io import dump_obj_as_json_to_file, read_json_file
 from sklearn.linear_model import LogisticRegression
 
-from lakala_nlu.linear import sentence_features
+from lakala_nlu.linear import load_linear, predict_proba, save_linear, sentence_features
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "faq_selector.skops"
+MODEL_FILE = "faq_selector.npz"  # lakala_nlu.linear.save_linear: arrays, no pickle
 META_FILE = "faq_selector.json"
 
 
@@ -49,7 +49,7 @@ class FaqSelector(GraphComponent):
 
     @staticmethod
     def required_packages() -> List[str]:
-        return ["sklearn", "skops"]
+        return ["sklearn"]
 
     @staticmethod
     def get_default_config() -> Dict[str, Any]:
@@ -103,10 +103,8 @@ class FaqSelector(GraphComponent):
         return self._resource
 
     def persist(self) -> None:
-        import skops.io as sio
-
         with self._model_storage.write_to(self._resource) as model_dir:
-            sio.dump(self.clf, model_dir / MODEL_FILE)
+            save_linear(self.clf, model_dir / MODEL_FILE)
             dump_obj_as_json_to_file(
                 model_dir / META_FILE,
                 {"responses": self.responses, "retrieval_intents": self.retrieval_intents},
@@ -121,18 +119,11 @@ class FaqSelector(GraphComponent):
         execution_context: ExecutionContext,
         **kwargs: Any,
     ) -> "FaqSelector":
-        import skops.io as sio
-
         try:
             with model_storage.read_from(resource) as model_dir:
-                path = model_dir / MODEL_FILE
-                # Only plain scikit-learn and numpy types are allowed in the file.
-                untrusted = sio.get_untrusted_types(file=path)
-                if untrusted:
-                    raise ValueError(f"untrusted types in {MODEL_FILE}: {untrusted}")
-                clf = sio.load(path, trusted=untrusted)
+                clf = load_linear(model_dir / MODEL_FILE)
                 meta = read_json_file(model_dir / META_FILE)
-        except ValueError as error:
+        except (ValueError, OSError, KeyError) as error:
             logger.warning("FaqSelector could not be loaded (%s); FAQ answers are off", error)
             return cls(config, model_storage, resource)
         return cls(config, model_storage, resource, clf, meta["responses"], meta["retrieval_intents"])
@@ -140,7 +131,7 @@ class FaqSelector(GraphComponent):
     def process(self, messages: List[Message]) -> List[Message]:
         if self.clf is None:
             return messages
-        probabilities = self.clf.predict_proba(sentence_features(messages, self.clf.n_features_in_))
+        probabilities = predict_proba(self.clf, sentence_features(messages, self.clf.n_features_in_))
         for message, row in zip(messages, probabilities, strict=False):
             self._set_prediction(message, row)
         return messages

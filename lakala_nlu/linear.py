@@ -7,6 +7,8 @@ together about a sixth of the server's time per message under load. Both now tak
 the combined sparse sentence features once per message; the model and its
 predictions are the same (this pipeline has no dense features).
 """
+import json
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -18,10 +20,12 @@ from rasa.nlu.classifiers.logistic_regression_classifier import LogisticRegressi
 from rasa.shared.nlu.constants import FEATURE_TYPE_SENTENCE, TEXT
 from rasa.shared.nlu.training_data.message import Message
 from rasa.shared.nlu.training_data.training_data import TrainingData
+from rasa.utils.tensorflow.constants import RANKING_LENGTH
 from scipy.sparse import csr_matrix, hstack, vstack
 
 _CACHE = "_lakala_sentence_features"
 IDF_FILE = "idf.npy"
+LINEAR_FILE = "linear.npz"
 
 
 def sentence_row(message: Message, width: Optional[int]) -> csr_matrix:
@@ -83,6 +87,7 @@ class SparseLogisticRegressionClassifier(LogisticRegressionClassifier):
         super().__init__(config, *args, **kwargs)
         self.clf.set_params(C=self.config["C"], fit_intercept=self.config["fit_intercept"])
         self.tfidf: Optional[Any] = None
+        self.idf: Optional[np.ndarray] = None  # tfidf.idf_, which scikit-learn recomputes on each read
 
     def _create_X(self, messages: List[Message]) -> csr_matrix:
         for message in messages:
@@ -90,21 +95,38 @@ class SparseLogisticRegressionClassifier(LogisticRegressionClassifier):
             if dense is not None:
                 raise ValueError(f"{type(self).__name__} uses sparse features only; remove the dense featurizer")
         X = sentence_features(messages, getattr(self.clf, "n_features_in_", None))
-        return self.tfidf.transform(X) if self.tfidf is not None else X
+        return tfidf_transform(self.tfidf, self.idf, X) if self.tfidf is not None else X
+
+    def process(self, messages: List[Message]) -> List[Message]:
+        """Rasa's `process`, with the probabilities from `predict_proba` below."""
+        probabilities = predict_proba(self.clf, self._create_X(messages))
+        for message, row in zip(messages, probabilities, strict=True):
+            ranking = sorted(
+                ({"name": name, "confidence": value} for name, value in zip(self.clf.classes_, row, strict=True)),
+                key=lambda entry: -entry["confidence"],
+            )
+            message.set("intent", ranking[0], add_to_output=True)
+            if self.config[RANKING_LENGTH] > 0:
+                ranking = ranking[: self.config[RANKING_LENGTH]]
+            message.set("intent_ranking", ranking, add_to_output=True)
+        return messages
 
     def _create_training_matrix(self, training_data: TrainingData) -> Tuple[csr_matrix, List[str]]:
-        self.tfidf = None
+        self.tfidf, self.idf = None, None
         X, y = super()._create_training_matrix(training_data)
         if self.config["tfidf"] and X.shape[0]:
             self.tfidf = new_tfidf().fit(X)
+            self.idf = self.tfidf.idf_
             X = self.tfidf.transform(X)
         return X, y
 
     def persist(self) -> None:
-        super().persist()
-        if self.tfidf is not None:
-            with self._model_storage.write_to(self._resource) as model_dir:
-                np.save(model_dir / IDF_FILE, self.tfidf.idf_, allow_pickle=False)
+        """The fitted regression as plain arrays (`save_linear`) instead of Rasa's skops file."""
+        with self._model_storage.write_to(self._resource) as model_dir:
+            if hasattr(self.clf, "coef_"):
+                save_linear(self.clf, model_dir / LINEAR_FILE)
+            if self.tfidf is not None:
+                np.save(model_dir / IDF_FILE, self.idf, allow_pickle=False)
 
     @classmethod
     def load(
@@ -115,13 +137,84 @@ class SparseLogisticRegressionClassifier(LogisticRegressionClassifier):
         execution_context: ExecutionContext,
         **kwargs: Any,
     ) -> "SparseLogisticRegressionClassifier":
-        component = super().load(config, model_storage, resource, execution_context, **kwargs)
+        clf = None
+        try:
+            with model_storage.read_from(resource) as model_dir:
+                if (model_dir / LINEAR_FILE).exists():
+                    clf = load_linear(model_dir / LINEAR_FILE)
+        except ValueError:  # no such resource: Rasa's load below makes an untrained classifier
+            pass
+        if clf is not None:
+            component = cls(config, execution_context.node_name, model_storage, resource)
+            component.clf = clf
+        else:  # persisted by Rasa's own classifier, or not at all: Rasa's load
+            component = super().load(config, model_storage, resource, execution_context, **kwargs)
         if component.config["tfidf"]:
             with model_storage.read_from(resource) as model_dir:
                 if (model_dir / IDF_FILE).exists():  # absent when Rasa fell back to an untrained classifier
                     component.tfidf = new_tfidf()
-                    component.tfidf.idf_ = np.load(model_dir / IDF_FILE, allow_pickle=False)
+                    component.idf = np.load(model_dir / IDF_FILE, allow_pickle=False)
+                    component.tfidf.idf_ = component.idf
         return component
+
+
+def save_linear(clf: Any, path: Path) -> None:
+    """A fitted scikit-learn LogisticRegression as numpy arrays plus its parameters as JSON.
+
+    Rasa stores it with skops, whose import alone took about half of the server's start-up:
+    it builds its list of trusted types by searching every loaded module (TensorFlow's
+    thousands among them) for each numpy and scipy function. Plain arrays load without
+    skops and without unpickling anything."""
+    np.savez(
+        path,
+        coef=clf.coef_,
+        intercept=clf.intercept_,
+        classes=np.asarray(clf.classes_),
+        params=np.array(json.dumps(clf.get_params())),
+    )
+
+
+def load_linear(path: Path) -> Any:
+    """The LogisticRegression `save_linear` wrote, ready to predict."""
+    from sklearn.linear_model import LogisticRegression
+
+    with np.load(path, allow_pickle=False) as saved:
+        clf = LogisticRegression(**json.loads(str(saved["params"])))
+        clf.coef_, clf.intercept_, clf.classes_ = saved["coef"], saved["intercept"], saved["classes"]
+    clf.n_features_in_ = clf.coef_.shape[1]
+    return clf
+
+
+def predict_proba(clf: Any, X: csr_matrix) -> np.ndarray:
+    """`clf.predict_proba(X)` of a fitted scikit-learn LogisticRegression. For one sparse row
+    and a multinomial model (softmax over the classes' scores), the scores are computed on
+    the row's non-zero columns alone: scikit-learn's input checks and general sparse product
+    cost about ten times as much as the arithmetic for one message. Anything else goes to
+    scikit-learn."""
+    from sklearn.utils.extmath import softmax
+
+    multinomial = clf.multi_class == "multinomial" or (
+        clf.multi_class == "auto" and clf.classes_.size > 2 and clf.solver != "liblinear"
+    )
+    if not (multinomial and X.shape == (1, clf.coef_.shape[1]) and isinstance(X, csr_matrix)):
+        return clf.predict_proba(X)
+    scores = clf.coef_[:, X.indices] @ X.data + clf.intercept_
+    return softmax(scores[np.newaxis, :], copy=False)
+
+
+def tfidf_transform(tfidf: Any, idf: np.ndarray, X: csr_matrix) -> csr_matrix:
+    """`tfidf.transform(X)` of a fitted TfidfTransformer made by `new_tfidf`, whose `idf_` is
+    `idf`. For one sparse row, the same arithmetic on the row's stored counts: 1 + log(count),
+    times the idf, scaled to unit length."""
+    if not (X.shape == (1, idf.shape[0]) and isinstance(X, csr_matrix) and tfidf.sublinear_tf
+            and tfidf.use_idf and tfidf.norm == "l2" and bool(np.all(X.data > 0))):
+        return tfidf.transform(X)
+    data = np.log(X.data.astype(np.float64)) + 1.0
+    data *= idf[X.indices]
+    length = np.sqrt(data @ data)
+    if length > 0:
+        data /= length
+    return csr_matrix((data, X.indices.copy(), X.indptr.copy()), shape=X.shape)
 
 
 def new_tfidf() -> Any:

@@ -4,6 +4,7 @@ import pytest
 from rasa.engine.graph import ExecutionContext, GraphSchema
 from rasa.engine.storage.local_model_storage import LocalModelStorage
 from rasa.engine.storage.resource import Resource
+from rasa.nlu.classifiers.logistic_regression_classifier import LogisticRegressionClassifier
 from rasa.nlu.constants import TOKENS_NAMES
 from rasa.nlu.featurizers.sparse_featurizer.count_vectors_featurizer import CountVectorsFeaturizer
 from rasa.nlu.tokenizers.tokenizer import Token
@@ -154,3 +155,94 @@ def test_tfidf_changes_the_prediction_and_survives_loading(tmp_path) -> None:
     assert np.array_equal(loaded.tfidf.idf_, weighted.tfidf.idf_)
     words, chars = [0, 4, 0, 0, 1, 0], [2, 0, 0, 1]
     assert ranking(counts, words, chars) != pytest.approx(ranking(weighted, words, chars), abs=1e-6)
+
+
+def random_rows(rng, width: int, count: int) -> list:
+    rows = []
+    for _ in range(count):
+        columns = rng.choice(width, size=rng.integers(0, 8), replace=False)
+        rows.append(csr_matrix((rng.integers(1, 6, size=len(columns)).astype(float),
+                                (np.zeros(len(columns), dtype=int), columns)), shape=(1, width)))
+    return rows
+
+
+@pytest.mark.parametrize("classes,fit_intercept", [(3, False), (5, True), (2, True)])
+def test_one_row_probabilities_are_scikit_learns(classes: int, fit_intercept: bool) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from lakala_nlu.linear import predict_proba
+
+    rng = np.random.default_rng(classes)
+    X = csr_matrix(rng.poisson(0.5, size=(60, 12)).astype(float))
+    clf = LogisticRegression(C=10, fit_intercept=fit_intercept, max_iter=500).fit(X, np.arange(60) % classes)
+    for row in random_rows(rng, 12, 20):  # an empty row included, most likely
+        assert np.allclose(predict_proba(clf, row), clf.predict_proba(row), rtol=0, atol=1e-12)
+    assert np.allclose(predict_proba(clf, X[:7]), clf.predict_proba(X[:7]), rtol=0, atol=1e-12)
+
+
+def test_one_row_tfidf_is_scikit_learns() -> None:
+    from lakala_nlu.linear import new_tfidf, tfidf_transform
+
+    rng = np.random.default_rng(3)
+    tfidf = new_tfidf().fit(csr_matrix(rng.poisson(0.7, size=(40, 15)).astype(float)))
+    rows = random_rows(rng, 15, 20) + [csr_matrix((1, 15))]
+    for row in rows:
+        ours = tfidf_transform(tfidf, tfidf.idf_, row)
+        assert np.allclose(ours.toarray(), tfidf.transform(row).toarray(), rtol=0, atol=1e-12)
+        assert row.nnz == 0 or not np.allclose(ours.toarray(), row.toarray())  # the input is not changed in place
+    several = csr_matrix(np.vstack([row.toarray() for row in rows]))
+    assert np.allclose(tfidf_transform(tfidf, tfidf.idf_, several).toarray(), tfidf.transform(several).toarray())
+
+
+def test_intent_ranking_is_rasas_for_the_same_model(tmp_path) -> None:
+    classifier, _ = trained_classifier(tmp_path, tfidf=False)
+    classifier.config = {**classifier.config, "ranking_length": 2}
+    for words, chars in [([3, 0, 0, 1, 0, 0], [1, 0, 0, 0]), ([0, 0, 0, 0, 0, 0], [0, 0, 0, 0])]:
+        ours, rasas = featurized("押金能退吗", words, chars), featurized("押金能退吗", words, chars)
+        classifier.process([ours])
+        LogisticRegressionClassifier.process(classifier, [rasas])
+        assert ours.get("intent")["name"] == rasas.get("intent")["name"]
+        assert ours.get("intent")["confidence"] == pytest.approx(rasas.get("intent")["confidence"], abs=1e-12)
+        assert [e["name"] for e in ours.get("intent_ranking")] == [e["name"] for e in rasas.get("intent_ranking")]
+        assert len(ours.get("intent_ranking")) == 2
+
+
+def test_saved_regression_predicts_as_the_fitted_one(tmp_path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from lakala_nlu.linear import load_linear, save_linear
+
+    rng = np.random.default_rng(11)
+    X = csr_matrix(rng.poisson(0.5, size=(50, 9)).astype(float))
+    labels = np.array(["faq/deposit", "faq/fee", "faq/sleep", "greet"])[np.arange(50) % 4]
+    fitted = LogisticRegression(C=5, class_weight="balanced", max_iter=300).fit(X, labels)
+    save_linear(fitted, tmp_path / "clf.npz")
+    loaded = load_linear(tmp_path / "clf.npz")
+    assert loaded.get_params() == fitted.get_params()
+    assert list(loaded.classes_) == list(fitted.classes_)
+    assert np.array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
+    assert list(loaded.predict(X[:10])) == list(fitted.predict(X[:10]))
+
+
+def test_loading_the_classifier_does_not_import_skops(tmp_path) -> None:
+    """skops' import searched every loaded module and took half of the server's start-up."""
+    import subprocess
+    import sys
+
+    trained_classifier(tmp_path, tfidf=True)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from rasa.engine.graph import ExecutionContext, GraphSchema\n"
+        "from rasa.engine.storage.local_model_storage import LocalModelStorage\n"
+        "from rasa.engine.storage.resource import Resource\n"
+        "from lakala_nlu.linear import SparseLogisticRegressionClassifier as C\n"
+        "config = {**C.get_default_config(), 'C': 30, 'fit_intercept': False, 'tfidf': True}\n"
+        f"c = C.load(config, LocalModelStorage(Path({str(tmp_path)!r})), Resource('intent-True'),"
+        " ExecutionContext(GraphSchema({}), 'test'))\n"
+        "assert hasattr(c.clf, 'coef_') and c.tfidf is not None\n"
+        "print('skops.io' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
