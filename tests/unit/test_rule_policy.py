@@ -69,3 +69,43 @@ def test_every_prediction_is_rasas(trained: Any) -> None:
             assert got.action_metadata == expected.action_metadata
             checked += 1
     assert checked > 200
+
+
+def test_the_rules_found_at_every_turn_are_rasas(trained: Any) -> None:
+    """All rules that apply, not only the longest one the prediction uses, for both lookups."""
+    domain, rasas, ours, conversations = trained
+    compared = 0
+    for conversation in conversations:
+        for tracker in decision_points(conversation, domain):
+            states = rasas._prediction_states(tracker, domain, False, rule_only_data=rasas._get_rule_only_data())
+            for lookup in ("rules", "rules_for_loop_unhappy_path"):
+                expected = RulePolicy._get_possible_keys(rasas, rasas.lookup[lookup], states)
+                assert ours._get_possible_keys(ours.lookup[lookup], states) == expected, tracker.sender_id
+                compared += bool(expected)
+    assert compared > 200
+
+
+def test_rules_of_every_shape_are_found_as_rasa_finds_them(trained: Any) -> None:
+    """Rule shapes this bot's data lacks: no previous action (a conversation start), an action
+    given by text, no intent, and a slot that must not be set."""
+    import itertools
+    import json
+
+    _, rasas, ours, _ = trained
+    previous = [None, {"action_name": "action_listen"}, {"action_name": "utter_greet"}, {"action_text": "hi"}]
+    users = [None, {"intent": "greet"}, {"intent": "ask_deposit"}, {"text": "hi"}]
+    slots = [None, {"terminal_id": "should_not_be_set"}, {"terminal_id": (1.0,)}]
+
+    def state(prev: Any, user: Any, slot: Any) -> dict:
+        parts = {"prev_action": prev, "user": user, "slots": slot}
+        return {kind: value for kind, value in parts.items() if value}
+
+    shapes = [state(*combo) for combo in itertools.product(previous, users, slots)]
+    rule_states = [[shape] for shape in shapes] + [[shapes[5], shape] for shape in shapes[::4]]
+    lookup = {json.dumps(states, sort_keys=True): "utter_x" for states in rule_states}
+    found = 0
+    for history in [[shape] for shape in shapes] + [[shapes[5], shape] for shape in shapes]:
+        expected = RulePolicy._get_possible_keys(rasas, lookup, history)
+        assert ours._get_possible_keys(lookup, history) == expected, history
+        found += len(expected)
+    assert found > len(shapes)
