@@ -154,6 +154,35 @@ def test_action_server_calls_share_one_connection() -> None:
     assert len(peers) == 1
 
 
+def test_an_idle_connection_is_dropped_before_the_action_server_drops_it() -> None:
+    """The action server (Sanic) closes idle connections after 5 s. A call after a pause of
+    more than KEEPALIVE_S opens a new connection (this test server would keep the old one for
+    aiohttp's 75 s), so the client never writes to one the server may be closing."""
+    import time
+
+    from sanic.config import DEFAULT_CONFIG
+
+    assert speedups.KEEPALIVE_S < DEFAULT_CONFIG["KEEP_ALIVE_TIMEOUT"]
+    peers: list = []
+
+    async def webhook(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername"))
+        return web.json_response({"events": [], "responses": []})
+
+    async def calls_with_a_pause(url: str) -> None:
+        endpoint = EndpointConfig(url)
+        await endpoint.request(json={})
+        await endpoint.request(json={})  # at once: the same connection
+        started = time.monotonic()
+        while time.monotonic() - started < speedups.KEEPALIVE_S + 1.0:
+            await asyncio.sleep(0.1)
+        await endpoint.request(json={})
+
+    with_action_server(webhook, calls_with_a_pause)
+    assert peers[0] == peers[1]
+    assert peers[2] != peers[1]
+
+
 def test_action_server_calls_keep_headers_and_basic_auth() -> None:
     seen: list = []
 
