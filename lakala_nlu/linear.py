@@ -137,11 +137,13 @@ class SparseLogisticRegressionClassifier(LogisticRegressionClassifier):
         execution_context: ExecutionContext,
         **kwargs: Any,
     ) -> "SparseLogisticRegressionClassifier":
-        clf = None
+        clf, idf = None, None
         try:
-            with model_storage.read_from(resource) as model_dir:
+            with model_storage.read_from(resource) as model_dir:  # one read for both files
                 if (model_dir / LINEAR_FILE).exists():
                     clf = load_linear(model_dir / LINEAR_FILE)
+                if (model_dir / IDF_FILE).exists():
+                    idf = np.load(model_dir / IDF_FILE, allow_pickle=False)
         except ValueError:  # no such resource: Rasa's load below makes an untrained classifier
             pass
         if clf is not None:
@@ -149,12 +151,9 @@ class SparseLogisticRegressionClassifier(LogisticRegressionClassifier):
             component.clf = clf
         else:  # persisted by Rasa's own classifier, or not at all: Rasa's load
             component = super().load(config, model_storage, resource, execution_context, **kwargs)
-        if component.config["tfidf"]:
-            with model_storage.read_from(resource) as model_dir:
-                if (model_dir / IDF_FILE).exists():  # absent when Rasa fell back to an untrained classifier
-                    component.tfidf = new_tfidf()
-                    component.idf = np.load(model_dir / IDF_FILE, allow_pickle=False)
-                    component.tfidf.idf_ = component.idf
+        if component.config["tfidf"] and idf is not None:
+            component.tfidf, component.idf = new_tfidf(), idf
+            component.tfidf.idf_ = idf
         return component
 
 
