@@ -37,6 +37,11 @@ Rasa loaded, well over a million objects, a pause of 0.1-0.25 s in which no chat
 answered. The objects that exist once the model is loaded live as long as the server,
 so they are moved out of the collector's sight (`gc.freeze`); what the conversations
 allocate afterwards is collected as before.
+
+7. Before each message's NLU result is used, Rasa asks whether the domain is empty by
+building an empty domain and comparing both as dicts: 2.5 % of the server's time under
+load. A domain with responses is not empty (its dict differs in that key); only a domain
+without any is compared Rasa's way.
 """
 import asyncio
 import copy
@@ -57,6 +62,7 @@ from rasa.core.actions.action import RemoteAction
 from rasa.engine.exceptions import GraphRunError
 from rasa.engine.graph import GraphSchema
 from rasa.engine.runner.dask import DaskGraphRunner
+from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import Event
 from rasa.utils.endpoints import DEFAULT_REQUEST_TIMEOUT, EndpointConfig
 
@@ -233,6 +239,15 @@ def _cached_resolve_by_type(type_name: str, default: Optional[type] = None) -> O
     return cls
 
 
+_domain_is_empty = Domain.is_empty
+
+
+def _is_empty(self: Domain) -> bool:
+    if self.responses:
+        return False  # Domain.empty() has none, so the dicts Rasa compares differ
+    return _domain_is_empty(self)
+
+
 async def freeze_loaded_objects(*_: Any) -> None:
     """A Sanic `after_server_start` listener (point 6 above)."""
     gc.collect()  # what start-up left as garbage goes first, so it is not kept forever
@@ -246,3 +261,4 @@ def install() -> None:
     rasa.core.processor.DaskGraphRunner = SequentialGraphRunner  # type: ignore[misc]
     EndpointConfig.session = _shared_session  # type: ignore[method-assign]
     Event.resolve_by_type = staticmethod(_cached_resolve_by_type)  # type: ignore[method-assign]
+    Domain.is_empty = _is_empty  # type: ignore[method-assign]

@@ -30,6 +30,7 @@ from rasa.shared.nlu.constants import INTENT_NAME_KEY
 from sqlalchemy.orm import sessionmaker
 
 from lakala_server.redaction import redact
+from lakala_server.speedups import dumps
 
 DEFAULT_SQLITE_PATH = Path("var") / "tracker.db"
 # How many of a tracker's events are already in the database (set on read and save).
@@ -187,7 +188,7 @@ def _event_row(sender_id: str, event: Event) -> Dict[str, Any]:
         "timestamp": data.get("timestamp"),
         "intent_name": data.get("parse_data", {}).get("intent", {}).get(INTENT_NAME_KEY),
         "action_name": data.get("name"),
-        "data": json.dumps(data),
+        "data": dumps(data),  # the same JSON values, encoded with orjson (json.dumps was 2-3 % under load)
     }
 
 
