@@ -20,6 +20,7 @@ which is taken first, so a sender's second message does not hold a slot while it
 """
 import asyncio
 import collections
+import contextlib
 import functools
 import weakref
 from typing import Any, Awaitable, Callable, Deque, Optional, TypeVar
@@ -57,11 +58,16 @@ class FifoSlots:
         try:
             return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.result():
+            if _handed_a_slot(waiter):
                 self.release()  # handed a slot just as the caller was cancelled
             raise
         finally:
             timer.cancel()
+            if not _handed_a_slot(waiter):
+                # Timed out or cancelled: not left in the queue (behind a hung action server
+                # every message times out, and the queue would grow until a slot came free).
+                with contextlib.suppress(ValueError):  # a release may have dropped it already
+                    self._waiters.remove(waiter)
 
     def release(self) -> None:
         while self._waiters:
@@ -70,6 +76,10 @@ class FifoSlots:
                 waiter.set_result(True)  # the slot passes on; `free` is unchanged
                 return
         self.free += 1
+
+
+def _handed_a_slot(waiter: asyncio.Future) -> bool:
+    return waiter.done() and not waiter.cancelled() and waiter.result()
 
 
 def _settle(waiter: asyncio.Future, value: bool) -> None:

@@ -135,3 +135,21 @@ def test_a_cancelled_waiter_loses_no_slot() -> None:
 def test_a_pool_needs_a_slot() -> None:
     with pytest.raises(ValueError):
         FifoSlots(0)
+
+
+def test_waiters_that_gave_up_are_not_left_queued() -> None:
+    async def scenario() -> None:
+        pool = FifoSlots(1)
+        assert await pool.acquire(1.0)  # held by a message that hangs
+        for _ in range(5):
+            assert not await pool.acquire(0.01)
+        cancelled = asyncio.create_task(pool.acquire(1.0))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert len(pool._waiters) == 0
+        pool.release()
+        assert pool.free == 1
+
+    asyncio.run(scenario())
