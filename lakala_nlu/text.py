@@ -64,9 +64,18 @@ def is_too_long(text: Optional[str]) -> bool:
 
 
 def is_foreign_sentence(text: Optional[str]) -> bool:
-    """A Latin-script sentence of three or more words with no Chinese in it."""
+    """A Latin-script sentence of three or more words with no Chinese in it, most of them
+    neither pinyin ("pos ji zen me zhu xiao") nor words of the English lexicon ("deposit")."""
     text = text or ""
-    return not has_cjk(text) and len(_LATIN_WORD.findall(text)) >= 3
+    if has_cjk(text):
+        return False
+    words = _LATIN_WORD.findall(text[:MAX_MESSAGE_CHARS])
+    if len(words) < 3:
+        return False
+    from lakala_nlu.pinyin import is_pinyin_or_known
+
+    unknown = sum(not is_pinyin_or_known(word) for word in words)
+    return unknown * 2 > len(words)
 
 
 def input_issue(text: Optional[str]) -> Optional[str]:

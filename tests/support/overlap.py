@@ -1,0 +1,70 @@
+"""Near copies between training data and an evaluation set.
+
+Two utterances are near copies when, after the pipeline's normalisation (full-width,
+traditional script), lower case and without punctuation or spaces:
+- they are within 2 edits (insertions, deletions, substitutions) of each other, and
+  fewer edits than the shorter one's length (so 88/886 and 转人工/转接人工 are near
+  copies, while two different two-character words such as 押金/注销 are not); or
+- one contains the other and is at least half as long (thx/thx啦).
+"""
+import re
+from typing import Dict, Iterable, List, Tuple
+
+from lakala_nlu.text import normalize
+
+_IGNORED = re.compile(r"[\s\W_]+")
+MAX_EDITS = 2
+
+
+def key(text: str) -> str:
+    return _IGNORED.sub("", normalize(text).lower())
+
+
+def within_edits(a: str, b: str, limit: int = MAX_EDITS) -> int:
+    """The edit distance of a and b if it is at most `limit`, else limit + 1."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+        if min(current) > limit:
+            return limit + 1
+        previous = current
+    return min(previous[-1], limit + 1)
+
+
+def near_copy(a: str, b: str) -> bool:
+    """Whether two normalised keys are near copies (see the module's docstring)."""
+    if not a or not b:
+        return False
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    if short in long_ and 2 * len(short) >= len(long_):
+        return True
+    distance = within_edits(a, b)
+    return distance <= MAX_EDITS and distance < len(short)
+
+
+def near_copies(evaluation: Iterable[str], training: Iterable[str]) -> List[Tuple[str, str]]:
+    """(evaluation utterance, training utterance) pairs that are near copies."""
+    by_length: Dict[int, List[Tuple[str, str]]] = {}
+    for text in training:
+        k = key(text)
+        if k:
+            by_length.setdefault(len(k), []).append((k, text))
+    found = []
+    for text in evaluation:
+        k = key(text)
+        if not k:
+            continue
+        lengths = range(max(1, (len(k) + 1) // 2), 2 * len(k) + 1)
+        for length in lengths:
+            for other_key, other in by_length.get(length, ()):
+                if near_copy(k, other_key):
+                    found.append((text, other))
+                    break
+            else:
+                continue
+            break
+    return found
