@@ -6,6 +6,7 @@ from rasa.engine.graph import ExecutionContext, GraphComponent
 from rasa.engine.recipes.default_recipe import DefaultV1Recipe
 from rasa.engine.storage.resource import Resource
 from rasa.engine.storage.storage import ModelStorage
+from rasa.nlu.constants import RESPONSE_SELECTOR_PROPERTY_NAME
 from rasa.shared.constants import DEFAULT_NLU_FALLBACK_INTENT_NAME
 from rasa.shared.nlu.constants import (
     INTENT,
@@ -67,7 +68,26 @@ class ChineseTextNormalizer(GraphComponent):
     [DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER], is_trainable=False
 )
 class InputGuard(GraphComponent):
-    """Sends empty, oversized and non-Chinese messages to the fallback instead of guessing."""
+    """Sends empty, oversized and non-Chinese messages to the fallback instead of guessing.
+
+    A foreign-script sentence keeps the classifier's intent when the classifier is sure
+    of it (the pinyin featurizer reads English domain words such as deposit or cancel);
+    otherwise the merchant is asked to write in Chinese."""
+
+    # The FallbackClassifier's threshold in config.yml; a foreign sentence must clear it
+    # by a margin to be answered.
+    FOREIGN_MIN_CONFIDENCE = 0.6
+
+    @staticmethod
+    def get_default_config() -> Dict[str, Any]:
+        # faq_min_confidence: an FAQ answer needs P(faq) x P(key) at least this, else the
+        # merchant gets "did you mean" (an unrelated article section is worse than asking).
+        # cash_out_min_confidence: when the fallback fired and cash-out is the best intent
+        # at least this sure, the bot refuses (a wrong refusal costs less than helping).
+        return {"faq_min_confidence": 0.0, "cash_out_min_confidence": 1.01}
+
+    def __init__(self, config: Optional[Dict[str, Any]] = None) -> None:
+        self.config = {**self.get_default_config(), **(config or {})}
 
     @classmethod
     def create(
@@ -77,13 +97,45 @@ class InputGuard(GraphComponent):
         resource: Resource,
         execution_context: ExecutionContext,
     ) -> "InputGuard":
-        return cls()
+        return cls(config)
+
+    @staticmethod
+    def _set_intent(message: Message, intent: Dict[str, Any]) -> None:
+        ranking = [intent] + [
+            entry
+            for entry in message.get(INTENT_RANKING_KEY) or []
+            if entry.get(INTENT_NAME_KEY) != intent[INTENT_NAME_KEY]
+        ]
+        message.set(INTENT, intent, add_to_output=True)
+        message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+
+    def _confidence_rules(self, message: Message) -> None:
+        intent = message.get(INTENT) or {}
+        name = intent.get(INTENT_NAME_KEY)
+        if name == "faq":
+            selector = (message.get(RESPONSE_SELECTOR_PROPERTY_NAME) or {}).get("faq") or {}
+            key_confidence = (selector.get("response") or {}).get(PREDICTED_CONFIDENCE_KEY, 1.0)
+            if (intent.get(PREDICTED_CONFIDENCE_KEY) or 0.0) * key_confidence < self.config["faq_min_confidence"]:
+                self._set_intent(message, {INTENT_NAME_KEY: DEFAULT_NLU_FALLBACK_INTENT_NAME,
+                                           PREDICTED_CONFIDENCE_KEY: 1.0})
+        elif name == DEFAULT_NLU_FALLBACK_INTENT_NAME:
+            ranked = [e for e in message.get(INTENT_RANKING_KEY) or []
+                      if e.get(INTENT_NAME_KEY) != DEFAULT_NLU_FALLBACK_INTENT_NAME]
+            if (ranked and ranked[0].get(INTENT_NAME_KEY) == "ask_cash_out"
+                    and (ranked[0].get(PREDICTED_CONFIDENCE_KEY) or 0.0) >= self.config["cash_out_min_confidence"]):
+                self._set_intent(message, dict(ranked[0]))
 
     def process(self, messages: List[Message]) -> List[Message]:
         for message in messages:
             issue: Optional[str] = message.get(INPUT_ISSUE)
             if not issue:
+                self._confidence_rules(message)
                 continue
+            if issue == "foreign":
+                intent = message.get(INTENT) or {}
+                if (intent.get(INTENT_NAME_KEY) not in (None, DEFAULT_NLU_FALLBACK_INTENT_NAME)
+                        and (intent.get(PREDICTED_CONFIDENCE_KEY) or 0.0) >= self.FOREIGN_MIN_CONFIDENCE):
+                    continue
             fallback = {
                 INTENT_NAME_KEY: DEFAULT_NLU_FALLBACK_INTENT_NAME,
                 PREDICTED_CONFIDENCE_KEY: 1.0,

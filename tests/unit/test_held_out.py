@@ -1,43 +1,70 @@
-"""The NLU test set is held out: no test utterance may also be a training example.
-
-Compared after the pipeline's own normalisation (full-width, traditional script),
-lower case and without punctuation or spaces, so "hi~" and "hi" or "再會" and "再会"
-count as the same utterance.
-"""
-import re
+"""Evaluation sets are held out: no utterance of the NLU test set, the blind set or the
+merchant dev set (../shared/eval) may be a training example or a near copy of one
+(within 2 edits, or contained in one: tests/support/overlap.py)."""
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
+import pytest
 from rasa.shared.nlu.training_data.loading import load_data
 
-from lakala_nlu.text import normalize
+from tests.support.overlap import key, near_copies, near_copy
 
 ROOT = Path(__file__).resolve().parents[2]
-_IGNORED = re.compile(r"[\s\W_]+")
+DEV = ROOT.parent / "shared" / "eval" / "merchant_dev.tsv"
 
 
-def _key(text: str) -> str:
-    return _IGNORED.sub("", normalize(text).lower())
+def _tsv_messages(path: Path) -> List[str]:
+    return [
+        line.split("\t")[0]
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
-def _utterances(path: Path) -> Dict[str, List[str]]:
-    by_key: Dict[str, List[str]] = {}
-    for example in load_data(str(path)).intent_examples:
-        by_key.setdefault(_key(example.get("text")), []).append(example.get("text"))
-    return by_key
+def _training() -> List[str]:
+    return [example.get("text") for example in load_data(str(ROOT / "data" / "nlu")).intent_examples]
 
 
 def test_key_ignores_what_the_model_ignores():
-    assert _key("Hi~") == _key("hi") == "hi"
-    assert _key("再會！") == _key("再会")
-    assert _key("押金 能退吗？") == _key("押金能退吗")
-    assert _key("押金能退吗") != _key("押金怎么退")
+    assert key("Hi~") == key("hi") == "hi"
+    assert key("再會！") == key("再会")
+    assert key("押金 能退吗？") == key("押金能退吗")
 
 
-def test_no_test_utterance_is_a_training_example():
-    training = _utterances(ROOT / "data" / "nlu")
-    test = _utterances(ROOT / "tests" / "nlu_test.yml")
-    assert len(test) > 300, "the test set did not load"
-    leaked = sorted(f"{test[key][0]} (data: {training[key][0]})" for key in test if key in training)
-    assert leaked == [], f"{len(leaked)} test utterances are also training examples: {leaked}"
+@pytest.mark.parametrize(
+    "a,b,near",
+    [
+        ("88", "886", True),  # one edit
+        ("thx", "thx啦", True),
+        ("转人工", "转接人工", True),
+        ("押金能退吗", "押金能不能退吗", True),  # two edits
+        ("pos机怎么注销", "pos机怎么注销啊急急急", True),  # contained, at least half as long
+        ("押金", "注销", False),  # two edits replace the whole word
+        ("押金", "押金什么时候能退回来", False),  # a word inside a long question
+        ("押金能退吗", "违约金怎么算", False),
+    ],
+)
+def test_near_copy_definition(a, b, near):
+    assert near_copy(key(a), key(b)) is near
+    assert near_copy(key(b), key(a)) is near
 
+
+def _assert_held_out(name: str, utterances: List[str], minimum: int) -> None:
+    assert len(utterances) >= minimum, f"the {name} did not load"
+    leaked = near_copies(utterances, _training())
+    shown = [f"{test} (data: {train})" for test, train in leaked[:20]]
+    assert leaked == [], f"{len(leaked)} {name} utterances are near copies of training examples: {shown}"
+
+
+def test_nlu_test_set_is_held_out():
+    test = [example.get("text") for example in load_data(str(ROOT / "tests" / "nlu_test.yml")).intent_examples]
+    _assert_held_out("NLU test set", test, 150)
+
+
+def test_blind_set_is_held_out():
+    _assert_held_out("blind set", _tsv_messages(ROOT / "tests" / "blind" / "blind_set.tsv"), 300)
+
+
+def test_dev_set_is_held_out():
+    assert DEV.exists(), f"{DEV} is missing"
+    _assert_held_out("merchant dev set", _tsv_messages(DEV), 200)
