@@ -35,27 +35,29 @@ TIMEOUT_S = 10.0
 FAQ_SHARE = 0.6
 
 # Written for the benchmark; not taken from data/ or tests/, so no model has seen them.
+# (question, what a right answer contains: '|'-separated alternatives). Under load the
+# answers are checked, not only that one came.
 FAQ_QUESTIONS = [
-    "我的刷卡机不想用了，要怎么去注销",
-    "注销POS机需要准备什么材料吗",
-    "当初交的押金，注销以后能拿回来吗",
-    "押金什么时候退到我卡上",
-    "合同还没到期就注销，要交违约金吗",
-    "提前解约的话违约金大概多少钱",
-    "机器好几个月没刷了，是不是沉睡了",
-    "什么情况下终端会被系统自动注销",
-    "长期不用的POS会不会自己被注销掉",
-    "提交注销申请以后要等几天才能办完",
-    "注销一般多少个工作日能完成",
-    "机器里的流量卡要我自己交费吗",
-    "流量卡的费用是怎么收的",
-    "沉睡的终端怎么用激活码重新激活",
-    "激活码在哪里可以拿到",
-    "我想找人工客服",
-    "能不能帮我转接人工",
-    "不用的机器一定要办注销吗，放着不管行不行",
-    "我的拉卡拉商户账户也想一起注销，怎么弄",
-    "刷卡的钱提现要多久到账",
+    ("我的刷卡机不想用了，要怎么去注销", "业务人员"),
+    ("注销POS机需要准备什么材料吗", "业务人员|委托书"),
+    ("当初交的押金，注销以后能拿回来吗", "押金"),
+    ("押金什么时候退到我卡上", "押金"),
+    ("合同还没到期就注销，要交违约金吗", "违约金"),
+    ("提前解约的话违约金大概多少钱", "违约金"),
+    ("机器好几个月没刷了，是不是沉睡了", "沉睡"),
+    ("什么情况下终端会被系统自动注销", "自动注销"),
+    ("长期不用的POS会不会自己被注销掉", "自动注销"),
+    ("提交注销申请以后要等几天才能办完", "工作日"),
+    ("注销一般多少个工作日能完成", "工作日"),
+    ("机器里的流量卡要我自己交费吗", "没有相关资料|转人工"),
+    ("流量卡的费用是怎么收的", "没有相关资料|转人工"),
+    ("沉睡的终端怎么用激活码重新激活", "激活码"),
+    ("激活码在哪里可以拿到", "激活码"),
+    ("我想找人工客服", "人工"),
+    ("能不能帮我转接人工", "人工"),
+    ("不用的机器一定要办注销吗，放着不管行不行", "沉睡"),
+    ("我的拉卡拉商户账户也想一起注销，怎么弄", "委托书"),
+    ("刷卡的钱提现要多久到账", "没有相关资料|转人工"),
 ]
 
 LOOKUP_OPENERS = [
@@ -89,13 +91,16 @@ class Stats:
     empty: int = 0
     lookups: int = 0
     wrong_lookups: int = 0
+    faq_answers: int = 0
+    wrong_faq_answers: int = 0
     error_kinds: dict = field(default_factory=dict)
 
 
 def conversation(rng: random.Random) -> Tuple[str, List[str], str]:
     """(kind, messages, text the last answer must contain)."""
     if rng.random() < FAQ_SHARE:
-        return "faq", [rng.choice(FAQ_QUESTIONS)], ""
+        question, must_contain = rng.choice(FAQ_QUESTIONS)
+        return "faq", [question], must_contain
     terminal_id, tail = rng.choice(TERMINALS)
     return "lookup", [rng.choice(LOOKUP_OPENERS), terminal_id, tail], terminal_id
 
@@ -140,6 +145,9 @@ async def user(session, url: str, index: int, run_id: str, rng: random.Random,
         if kind == "lookup" and outcome in ("ok", "empty") and sent >= start:
             stats.lookups += 1
             stats.wrong_lookups += must_contain not in reply
+        if kind == "faq" and outcome in ("ok", "empty") and sent >= start:
+            stats.faq_answers += 1
+            stats.wrong_faq_answers += not any(alt in reply for alt in must_contain.split("|"))
 
 
 def record(stats: Stats, outcome: str, latency_ms: float) -> None:
@@ -188,6 +196,7 @@ def summary(stats: Stats, users: int, duration: float, warmup: float, seed: int,
         "p99_ms": round(percentile(lat, 0.99), 1), "max_ms": round(max(lat), 1) if lat else None,
         "errors": stats.errors, "error_kinds": stats.error_kinds, "empty": stats.empty,
         "lookups": stats.lookups, "wrong_lookups": stats.wrong_lookups,
+        "faq_answers": stats.faq_answers, "wrong_faq_answers": stats.wrong_faq_answers,
     }
 
 

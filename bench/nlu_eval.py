@@ -45,8 +45,14 @@ def base_intent(name: Optional[str]) -> str:
 
 
 def load_examples(path: Path) -> List[Dict[str, Any]]:
+    """Rasa NLU YAML, or a TSV of `message<TAB>label` lines (label an intent or faq/<key>;
+    lines starting with '#' are comments) such as the blind set."""
     from rasa.shared.nlu.training_data.loading import load_data
 
+    if path.suffix == ".tsv":
+        rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("#")]
+        return [{"text": text.strip(), "intent": label.strip(), "spans": []} for text, label in rows]
     examples = []
     for message in load_data(str(path)).intent_examples:
         spans = [(e["start"], e["end"]) for e in message.get("entities") or [] if e.get("entity") == ENTITY]
@@ -95,9 +101,22 @@ def score(examples: List[Dict[str, Any]], parses: List[Dict[str, Any]]) -> Dict[
         for e, p, ok in zip(examples, parses, correct, strict=True) if not ok
     )
     entities = micro_f1(gold_spans, predicted_spans)
+    # The label a user is answered by: the intent, and for faq/<key> also the selected key.
+    labels_right = [
+        ok and (not gold_is_faq(e) or selected_response(p) == e["intent"])
+        for e, p, ok in zip(examples, parses, correct, strict=True)
+    ]
+    # Confident errors: a wrong label given with confidence at or above the fallback
+    # threshold, i.e. answered without any "did you mean" or apology.
+    confident_errors = [
+        not right and (p.get("intent") or {}).get("name") != FALLBACK
+        for p, right in zip(parses, labels_right, strict=True)
+    ]
     return {
         "examples": len(examples),
         "intent_accuracy": sum(correct) / len(correct),
+        "label_accuracy": sum(labels_right) / len(labels_right),
+        "confident_error_rate": sum(confident_errors) / len(confident_errors),
         "macro_f1": float(f1_score(gold, predicted, labels=sorted(set(gold)), average="macro", zero_division=0)),
         "oos_rejection": sum(oos) / len(oos) if oos else None,
         "oos_examples": len(oos),
@@ -118,6 +137,9 @@ def main() -> int:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--nlu", type=Path, default=ROOT / "tests" / "nlu_test.yml")
     parser.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
+    parser.add_argument("--min-intent-accuracy", type=float, default=0.0,
+                        help="exit 1 when the intent accuracy is below this")
+    parser.add_argument("--show-errors", action="store_true", help="print each wrong label")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -126,11 +148,25 @@ def main() -> int:
     parses = asyncio.run(predict(args.model, [e["text"] for e in examples]))
     result = score(examples, parses)
     result["seconds"] = round(time.monotonic() - started, 1)
+    if args.show_errors:
+        for example, parse in zip(examples, parses, strict=True):
+            intent = (parse.get("intent") or {}).get("name")
+            label = selected_response(parse) if intent == RETRIEVAL_INTENT else intent
+            if label != example["intent"] and not (example["intent"] == OUT_OF_SCOPE and label == FALLBACK):
+                confidence = (parse.get("intent") or {}).get("confidence") or 0.0
+                print(f"  {example['intent']:>28} -> {label} ({confidence:.2f})  {example['text']}", file=sys.stderr)
     text = json.dumps(result, ensure_ascii=False, indent=2)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
     else:
         print(text)
+    summary = (f"{args.nlu.name}: {result['examples']} utterances, intent accuracy {result['intent_accuracy']:.3f}, "
+               f"label accuracy (intent and FAQ key) {result['label_accuracy']:.3f}, "
+               f"confident errors {result['confident_error_rate']:.3f}")
+    print(summary, file=sys.stderr)
+    if result["intent_accuracy"] < args.min_intent_accuracy:
+        print(f"intent accuracy {result['intent_accuracy']:.3f} < {args.min_intent_accuracy}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -39,6 +39,8 @@ CONFIGS = {
     "ours": Path("config.yml"),
 }
 NLU_TEST = Path("tests/nlu_test.yml")
+BLIND_SET = Path("tests/blind/blind_set.tsv")
+DEV_SET = ROOT.parent / "shared" / "eval"
 FIRST_MESSAGE = "你好"
 FIRST_ANSWER_TIMEOUT_S = 300
 TRAIN_TIMEOUT_S = 3600
@@ -120,18 +122,44 @@ def median_nlu(attempts: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 # --- NLU ----------------------------------------------------------------------------------
 
-def evaluate_nlu(name: str, model: Path, workdir: Path) -> Dict[str, Any]:
-    log(f"{name}: scoring NLU on {NLU_TEST} ...")
+def score_file(model: Path, nlu: Path, workdir: Path) -> Dict[str, Any]:
     out = workdir / "nlu.json"
     out.unlink(missing_ok=True)
     with open(workdir / "nlu.log", "wb") as log_file:
         subprocess.run([str(servers.BIN / "python"), "bench/nlu_eval.py", "--model", str(model),
-                        "--nlu", str(NLU_TEST), "--out", str(out)],
+                        "--nlu", str(nlu), "--out", str(out)],
                        cwd=ROOT, env=servers.base_env(), stdout=log_file, stderr=subprocess.STDOUT,
                        timeout=1800, check=True)
-    result = json.loads(out.read_text(encoding="utf-8"))
-    log(f"{name}: intent accuracy {result['intent_accuracy']:.3f}, macro F1 {result['macro_f1']:.3f}")
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def evaluate_nlu(name: str, model: Path, workdir: Path) -> Dict[str, Any]:
+    """Scores on the test set, and on the blind set (keys prefixed blind_), written by
+    people who never saw data/."""
+    log(f"{name}: scoring NLU on {NLU_TEST} and {BLIND_SET} ...")
+    result = score_file(model, NLU_TEST, workdir)
+    blind = score_file(model, BLIND_SET, workdir)
+    for key in ("intent_accuracy", "label_accuracy", "confident_error_rate", "macro_f1"):
+        result[f"blind_{key}"] = blind[key]
+    log(f"{name}: intent accuracy {result['intent_accuracy']:.3f}, macro F1 {result['macro_f1']:.3f}, "
+        f"blind intent accuracy {blind['intent_accuracy']:.3f}")
     return result
+
+
+def dev_answers(name: str, port: int, workdir: Path) -> Optional[float]:
+    """The share of right first answers on the merchant dev set (../shared/eval), scored by
+    its own checker against the running server; None when the set is not there."""
+    checker = DEV_SET / "answer_check.py"
+    if not checker.exists():
+        log(f"{name}: {checker} not found; dev set not scored")
+        return None
+    run = subprocess.run([sys.executable, str(checker), "--url", f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, timeout=1800)
+    (workdir / f"{name}-dev-answers.txt").write_text(run.stdout, encoding="utf-8")
+    match = re.search(r"answers: \d+/\d+ = ([0-9.]+)", run.stdout)
+    rate = float(match.group(1)) if match else None
+    log(f"{name}: dev-set answers {rate}")
+    return rate
 
 
 # --- servers and load ---------------------------------------------------------------------
@@ -162,8 +190,10 @@ def server_run(name: str, model: Path, serving: Tuple[Path, Path], workdir: Path
         log(f"{name}: run {run}: first answer after {first:.1f} s")
         loads = [run_load(name, port, users, args, seed=run, workdir=workdir) for users in args.users]
         pid = servers.server_pid(proc)
+        # Answers on the dev set once per config, after the load (so it does not warm the server).
+        dev = dev_answers(name, port, workdir) if run == 1 else None
         return {"first_answer_s": round(first, 2), "peak_memory_mb": round(servers.peak_memory_mb(pid), 1),
-                "server_process": servers.describe_process(pid), "load": loads}
+                "server_process": servers.describe_process(pid), "load": loads, "dev_answers": dev}
     finally:
         servers.stop(proc)
 
@@ -246,13 +276,17 @@ def summarize(raw: Dict[str, Any], model_given: bool) -> Dict[str, Any]:
     if train and not train[-1]["ok"]:
         return {"status": "failed_training", "reason": train[-1]["reason"]}
     runs = raw.get("server_runs") or []
+    nlu = {k: v for k, v in (raw.get("nlu") or {}).items() if isinstance(v, int | float)} or None
+    dev = next((r["dev_answers"] for r in runs if r.get("dev_answers") is not None), None)
+    if dev is not None:
+        nlu = {**(nlu or {}), "dev_answers": dev}
     return {
         "status": "error" if raw.get("problems") else "ok",
         "model_given": model_given,
         "model": raw.get("model"),
         "problems": raw.get("problems") or [],
         "train_s": median([t["seconds"] for t in train]),
-        "nlu": {k: v for k, v in (raw.get("nlu") or {}).items() if isinstance(v, int | float)} or None,
+        "nlu": nlu,
         "first_answer_s": median([r["first_answer_s"] for r in runs]),
         "peak_memory_mb": median([r["peak_memory_mb"] for r in runs]),
         "load": summarize_load(runs),
@@ -266,10 +300,11 @@ def summarize_load(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
             by_users.setdefault(str(result["users"]), []).append(result)
     summary = {}
     for users, results in by_users.items():
-        keys = ("messages", "msg_per_s", "p50_ms", "p95_ms", "p99_ms", "errors", "empty", "wrong_lookups")
-        summary[users] = {k: median([r[k] for r in results]) for k in keys}
-        for k in ("errors", "empty", "wrong_lookups"):
-            summary[users][f"{k}_all_runs"] = sum(r[k] for r in results)
+        keys = ("messages", "msg_per_s", "p50_ms", "p95_ms", "p99_ms", "errors", "empty", "wrong_lookups",
+                "wrong_faq_answers")
+        summary[users] = {k: median([r.get(k) for r in results]) for k in keys}
+        for k in ("errors", "empty", "wrong_lookups", "wrong_faq_answers"):
+            summary[users][f"{k}_all_runs"] = sum(r.get(k) or 0 for r in results)
     return summary
 
 
