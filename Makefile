@@ -24,8 +24,8 @@ export RASA_TELEMETRY_ENABLED ?= false
 NLU_DATA := $(shell find data -name '*.yml' 2>/dev/null)
 NLU_CODE := $(wildcard lakala_nlu/*.py) lakala_nlu/userdict.txt
 
-.PHONY: help install spacy train run test lint validate unit nlu-test core-test e2e browser web chromium clean lock \
-	wechat wechat-demo bench-wechat bench
+.PHONY: help install spacy train run test lint validate unit nlu-test nlu-blind core-test e2e browser web chromium clean lock \
+	wechat wechat-demo bench-wechat bench review
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -94,6 +94,11 @@ nlu-test: $(MODEL)  ## rasa test nlu on tests/nlu_test.yml with accuracy gates
 	$(BIN)/rasa test nlu --model $(MODEL) --nlu tests/nlu_test.yml --out $(NLU_RESULTS) --no-plot
 	$(BIN)/python scripts/nlu_gate.py $(NLU_RESULTS) tests/nlu_test.yml
 
+nlu-blind: $(MODEL)  ## intent accuracy >= 0.95 on the blind set tests/blind/blind_set.tsv
+	@mkdir -p results
+	$(BIN)/python bench/nlu_eval.py --model $(MODEL) --nlu tests/blind/blind_set.tsv \
+	  --out results/nlu_blind.json --min-intent-accuracy 0.95 --show-errors 2> >(grep -v -E 'DEBUG|debug|jieba|Building prefix|Loading model|Prefix dict|raise_warning' >&2) >/dev/null
+
 core-test: $(MODEL)  ## rasa test on tests/test_stories.yml, failing on any wrong prediction
 	rm -rf $(CORE_RESULTS)
 	$(BIN)/rasa test core --model $(MODEL) --stories tests/test_stories.yml --out $(CORE_RESULTS) --fail-on-prediction-errors --no-plot
@@ -119,7 +124,11 @@ bench: $(VENV)/.installed $(SPACY_MODEL)/meta.json  ## benchmark ours vs stock R
 bench-wechat: $(MODEL)  ## WeChat acknowledgement latency under a steady stream (localhost, bounded)
 	$(BIN)/python bench/wechat_ack.py --rate 5 --seconds 60
 
-test: lint validate unit nlu-test core-test e2e browser wechat  ## run every test
+# REVIEW_ARGS, e.g. "--since 24h --below 0.5 --db URL"; see python -m lakala_server.review --help.
+review: $(VENV)/.installed  ## unsure messages from the tracker store, masked and grouped: results/review.yml
+	$(BIN)/python -m lakala_server.review $(REVIEW_ARGS)
+
+test: lint validate unit nlu-test nlu-blind core-test e2e browser wechat  ## run every test
 
 lock:  ## re-pin requirements.txt from requirements.in
 	$(BIN)/python -m pip install --quiet -r requirements.in
