@@ -27,10 +27,14 @@ from bench.nlu_eval import OUT_OF_SCOPE, ROOT  # noqa: E402
 
 CLASSIFIER = "lakala_nlu.linear.SparseLogisticRegressionClassifier"
 EXTRA: Dict[str, Any] = {}  # other classifier settings under test, from --set key=value
+AUGMENTER = "lakala_nlu.augment.TrainingAugmenter"
+AUGMENT = {"on": True}  # --no-augment drops the TrainingAugmenter from config.yml
 
 
 def config_with(c: float) -> Dict[str, Any]:
     config = yaml.safe_load((ROOT / "config.yml").read_text(encoding="utf-8"))
+    if not AUGMENT["on"]:
+        config["pipeline"] = [c for c in config["pipeline"] if c["name"] != AUGMENTER]
     for component in config["pipeline"]:
         if component["name"] == CLASSIFIER:
             component["C"] = c
@@ -142,10 +146,14 @@ def main() -> int:
                         help="another classifier setting for every run (YAML value), e.g. fit_intercept=false")
     parser.add_argument("--extra", type=Path, default=None,
                         help="NLU data added to every training fold and never scored")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="train the folds without the TrainingAugmenter (its copies are made from "
+                             "each training fold only, so held-out examples never leak into training)")
     parser.add_argument("--report", action="store_true",
                         help="per-intent F1 and the top confusions for the best pair")
     args = parser.parse_args()
     quiet()
+    AUGMENT["on"] = not args.no_augment
     for item in args.set:
         key, _, value = item.partition("=")
         EXTRA[key] = yaml.safe_load(value)
