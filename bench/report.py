@@ -26,6 +26,7 @@ NLU_ROWS = [
 INFO_ROWS = [
     ("terminal_id_f1", "terminal_id entity F1 (rule vs. unannotated peers; no target)"),
     ("blind_confident_error_rate", "blind set: confident errors (lower is better; no target)"),
+    ("dev_confident_error_rate", "dev set: confident errors (lower is better; no target)"),
 ]
 LOAD_ROWS = [
     ("msg_per_s", "msg/s", "{:.1f}", True),

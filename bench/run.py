@@ -146,20 +146,39 @@ def evaluate_nlu(name: str, model: Path, workdir: Path) -> Dict[str, Any]:
     return result
 
 
-def dev_answers(name: str, port: int, workdir: Path) -> Optional[float]:
+def dev_answers(name: str, port: int, workdir: Path) -> Tuple[Optional[float], Optional[float]]:
     """The share of right first answers on the merchant dev set (../shared/eval), scored by
     its own checker against the running server; None when the set is not there."""
     checker = DEV_SET / "answer_check.py"
     if not checker.exists():
         log(f"{name}: {checker} not found; dev set not scored")
-        return None
+        return None, None
     run = subprocess.run([sys.executable, str(checker), "--url", f"http://127.0.0.1:{port}"],
                          capture_output=True, text=True, timeout=1800)
     (workdir / f"{name}-dev-answers.txt").write_text(run.stdout, encoding="utf-8")
-    match = re.search(r"answers: \d+/\d+ = ([0-9.]+)", run.stdout)
-    rate = float(match.group(1)) if match else None
-    log(f"{name}: dev-set answers {rate}")
-    return rate
+    match = re.search(r"answers: (\d+)/(\d+) = ([0-9.]+)", run.stdout)
+    if not match:
+        log(f"{name}: dev-set answers not scored")
+        return None, None
+    rate, total = float(match.group(3)), int(match.group(2))
+    # A miss is confident when the reply is an answer, not "did you mean", an apology or a
+    # request to rephrase or to write in Chinese.
+    unsure = tuple(servers_text(r) for r in UNSURE_RESPONSES)
+    misses = [line.split(" -> ", 1)[-1] for line in run.stdout.splitlines() if line.startswith("miss ")]
+    confident = sum(not miss.startswith(unsure) for miss in misses) / total if total else None
+    log(f"{name}: dev-set answers {rate}, confident errors {confident}")
+    return rate, confident
+
+
+UNSURE_RESPONSES = ("utter_clarify", "utter_ask_rephrase", "utter_default", "utter_chinese_only")
+
+
+def servers_text(response: str) -> str:
+    """The first 20 characters of a domain response's text (the checker shortens replies)."""
+    import yaml
+
+    domain = yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))
+    return domain["responses"][response][0]["text"][:20]
 
 
 # --- servers and load ---------------------------------------------------------------------
@@ -191,9 +210,10 @@ def server_run(name: str, model: Path, serving: Tuple[Path, Path], workdir: Path
         loads = [run_load(name, port, users, args, seed=run, workdir=workdir) for users in args.users]
         pid = servers.server_pid(proc)
         # Answers on the dev set once per config, after the load (so it does not warm the server).
-        dev = dev_answers(name, port, workdir) if run == 1 else None
+        dev, dev_confident = dev_answers(name, port, workdir) if run == 1 else (None, None)
         return {"first_answer_s": round(first, 2), "peak_memory_mb": round(servers.peak_memory_mb(pid), 1),
-                "server_process": servers.describe_process(pid), "load": loads, "dev_answers": dev}
+                "server_process": servers.describe_process(pid), "load": loads, "dev_answers": dev,
+                "dev_confident_error_rate": dev_confident}
     finally:
         servers.stop(proc)
 
@@ -277,9 +297,10 @@ def summarize(raw: Dict[str, Any], model_given: bool) -> Dict[str, Any]:
         return {"status": "failed_training", "reason": train[-1]["reason"]}
     runs = raw.get("server_runs") or []
     nlu = {k: v for k, v in (raw.get("nlu") or {}).items() if isinstance(v, int | float)} or None
-    dev = next((r["dev_answers"] for r in runs if r.get("dev_answers") is not None), None)
+    dev = next((r for r in runs if r.get("dev_answers") is not None), None)
     if dev is not None:
-        nlu = {**(nlu or {}), "dev_answers": dev}
+        nlu = {**(nlu or {}), "dev_answers": dev["dev_answers"],
+               "dev_confident_error_rate": dev.get("dev_confident_error_rate")}
     return {
         "status": "error" if raw.get("problems") else "ok",
         "model_given": model_given,
