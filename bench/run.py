@@ -163,7 +163,7 @@ def dev_answers(name: str, port: int, workdir: Path) -> Tuple[Optional[float], O
     rate, total = float(match.group(3)), int(match.group(2))
     # A miss is confident when the reply is an answer, not "did you mean", an apology or a
     # request to rephrase or to write in Chinese.
-    unsure = tuple(servers_text(r) for r in UNSURE_RESPONSES)
+    unsure = unsure_openings()
     misses = [line.split(" -> ", 1)[-1] for line in run.stdout.splitlines() if line.startswith("miss ")]
     confident = sum(not miss.startswith(unsure) for miss in misses) / total if total else None
     log(f"{name}: dev-set answers {rate}, confident errors {confident}")
@@ -173,12 +173,12 @@ def dev_answers(name: str, port: int, workdir: Path) -> Tuple[Optional[float], O
 UNSURE_RESPONSES = ("utter_clarify", "utter_ask_rephrase", "utter_default", "utter_chinese_only")
 
 
-def servers_text(response: str) -> str:
-    """The first 20 characters of a domain response's text (the checker shortens replies)."""
+def unsure_openings() -> Tuple[str, ...]:
+    """The first 20 characters of each unsure response's text (the checker shortens replies)."""
     import yaml
 
-    domain = yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))
-    return domain["responses"][response][0]["text"][:20]
+    responses = yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))["responses"]
+    return tuple(responses[name][0]["text"][:20] for name in UNSURE_RESPONSES)
 
 
 # --- servers and load ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from lakala_nlu import spacy_zh  # noqa: F401  registers the jieba tokenizer for
 from lakala_nlu.text import MAX_MESSAGE_CHARS, input_issue, normalize
 
 INPUT_ISSUE = "input_issue"
+FALLBACK = {INTENT_NAME_KEY: DEFAULT_NLU_FALLBACK_INTENT_NAME, PREDICTED_CONFIDENCE_KEY: 1.0}
 
 
 @DefaultV1Recipe.register(
@@ -74,17 +75,14 @@ class InputGuard(GraphComponent):
     of it (the pinyin featurizer reads English domain words such as deposit or cancel);
     otherwise the merchant is asked to write in Chinese."""
 
-    # The FallbackClassifier's threshold in config.yml; a foreign sentence must clear it
-    # by a margin to be answered.
-    FOREIGN_MIN_CONFIDENCE = 0.6
-
     @staticmethod
     def get_default_config() -> Dict[str, Any]:
         # faq_min_confidence: an FAQ answer needs P(faq) x P(key) at least this, else the
         # merchant gets "did you mean" (an unrelated article section is worse than asking).
         # cash_out_min_confidence: when the fallback fired and cash-out is the best intent
         # at least this sure, the bot refuses (a wrong refusal costs less than helping).
-        return {"faq_min_confidence": 0.0, "cash_out_min_confidence": 1.01}
+        # foreign_min_confidence: a foreign-script sentence is answered only this sure.
+        return {"faq_min_confidence": 0.0, "cash_out_min_confidence": 1.01, "foreign_min_confidence": 0.6}
 
     def __init__(self, config: Optional[Dict[str, Any]] = None) -> None:
         self.config = {**self.get_default_config(), **(config or {})}
@@ -101,6 +99,7 @@ class InputGuard(GraphComponent):
 
     @staticmethod
     def _set_intent(message: Message, intent: Dict[str, Any]) -> None:
+        intent = dict(intent)
         ranking = [intent] + [
             entry
             for entry in message.get(INTENT_RANKING_KEY) or []
@@ -116,8 +115,7 @@ class InputGuard(GraphComponent):
             selector = (message.get(RESPONSE_SELECTOR_PROPERTY_NAME) or {}).get("faq") or {}
             key_confidence = (selector.get("response") or {}).get(PREDICTED_CONFIDENCE_KEY, 1.0)
             if (intent.get(PREDICTED_CONFIDENCE_KEY) or 0.0) * key_confidence < self.config["faq_min_confidence"]:
-                self._set_intent(message, {INTENT_NAME_KEY: DEFAULT_NLU_FALLBACK_INTENT_NAME,
-                                           PREDICTED_CONFIDENCE_KEY: 1.0})
+                self._set_intent(message, FALLBACK)
         elif name == DEFAULT_NLU_FALLBACK_INTENT_NAME:
             ranked = [e for e in message.get(INTENT_RANKING_KEY) or []
                       if e.get(INTENT_NAME_KEY) != DEFAULT_NLU_FALLBACK_INTENT_NAME]
@@ -134,17 +132,7 @@ class InputGuard(GraphComponent):
             if issue == "foreign":
                 intent = message.get(INTENT) or {}
                 if (intent.get(INTENT_NAME_KEY) not in (None, DEFAULT_NLU_FALLBACK_INTENT_NAME)
-                        and (intent.get(PREDICTED_CONFIDENCE_KEY) or 0.0) >= self.FOREIGN_MIN_CONFIDENCE):
+                        and (intent.get(PREDICTED_CONFIDENCE_KEY) or 0.0) >= self.config["foreign_min_confidence"]):
                     continue
-            fallback = {
-                INTENT_NAME_KEY: DEFAULT_NLU_FALLBACK_INTENT_NAME,
-                PREDICTED_CONFIDENCE_KEY: 1.0,
-            }
-            ranking = [fallback] + [
-                entry
-                for entry in message.get(INTENT_RANKING_KEY) or []
-                if entry.get(INTENT_NAME_KEY) != DEFAULT_NLU_FALLBACK_INTENT_NAME
-            ]
-            message.set(INTENT, fallback, add_to_output=True)
-            message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+            self._set_intent(message, FALLBACK)
         return messages

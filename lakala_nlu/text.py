@@ -87,3 +87,32 @@ def input_issue(text: Optional[str]) -> Optional[str]:
     if is_foreign_sentence(text):
         return "foreign"
     return None
+
+
+def within_distance(a: str, b: str, limit: int) -> bool:
+    """Levenshtein distance of a and b <= limit, in O(len * limit)."""
+    if abs(len(a) - len(b)) > limit:
+        return False
+    if a == b:
+        return True
+    if limit == 0:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    big = limit + 1
+    previous = [j if j <= limit else big for j in range(len(b) + 1)]
+    for i in range(1, len(a) + 1):
+        low, high = max(1, i - limit), min(len(b), i + limit)
+        current = [big] * (len(b) + 1)
+        current[0] = i if i <= limit else big
+        best = current[0]
+        char = a[i - 1]
+        for j in range(low, high + 1):
+            cost = previous[j - 1] + (char != b[j - 1])
+            cost = min(cost, previous[j] + 1, current[j - 1] + 1)
+            current[j] = cost if cost <= limit else big
+            best = min(best, current[j])
+        if best > limit:
+            return False
+        previous = current
+    return previous[len(b)] <= limit

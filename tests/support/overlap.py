@@ -10,7 +10,7 @@ traditional script), lower case and without punctuation or spaces:
 import re
 from typing import Dict, Iterable, List, Tuple
 
-from lakala_nlu.text import normalize
+from lakala_nlu.text import normalize, within_distance
 
 _IGNORED = re.compile(r"[\s\W_]+")
 MAX_EDITS = 2
@@ -20,21 +20,6 @@ def key(text: str) -> str:
     return _IGNORED.sub("", normalize(text).lower())
 
 
-def within_edits(a: str, b: str, limit: int = MAX_EDITS) -> int:
-    """The edit distance of a and b if it is at most `limit`, else limit + 1."""
-    if abs(len(a) - len(b)) > limit:
-        return limit + 1
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i] + [0] * len(b)
-        for j, cb in enumerate(b, 1):
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
-        if min(current) > limit:
-            return limit + 1
-        previous = current
-    return min(previous[-1], limit + 1)
-
-
 def near_copy(a: str, b: str) -> bool:
     """Whether two normalised keys are near copies (see the module's docstring)."""
     if not a or not b:
@@ -42,8 +27,7 @@ def near_copy(a: str, b: str) -> bool:
     short, long_ = (a, b) if len(a) <= len(b) else (b, a)
     if short in long_ and 2 * len(short) >= len(long_):
         return True
-    distance = within_edits(a, b)
-    return distance <= MAX_EDITS and distance < len(short)
+    return within_distance(a, b, min(MAX_EDITS, len(short) - 1))
 
 
 def near_copies(evaluation: Iterable[str], training: Iterable[str]) -> List[Tuple[str, str]]:
