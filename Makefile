@@ -24,7 +24,7 @@ export RASA_TELEMETRY_ENABLED ?= false
 NLU_DATA := $(shell find data -name '*.yml' 2>/dev/null)
 NLU_CODE := $(wildcard lakala_nlu/*.py) lakala_nlu/userdict.txt
 
-.PHONY: help install spacy train run test lint validate unit nlu-test nlu-blind core-test e2e browser web chromium clean lock \
+.PHONY: help install spacy train run test lint validate unit nlu-test nlu-blind core-test e2e security browser web chromium clean lock \
 	wechat wechat-demo bench-wechat bench review
 
 help:  ## list the targets
@@ -109,6 +109,9 @@ e2e: $(MODEL)  ## real Rasa and action servers, talked to over HTTP
 browser: $(MODEL) $(WEB_INSTALLED) chromium  ## the web chat page in headless Chromium against the real servers
 	$(BIN)/python -m pytest -q tests/browser
 
+security: $(MODEL)  ## attacks on the real servers (tests/security), each shown refused
+	$(BIN)/python -m pytest -q tests/security
+
 wechat: $(MODEL)  ## WeChat channel: crypto vectors, protocol, real servers through the simulator
 	$(BIN)/python -m pytest -q tests/wechat
 
@@ -128,7 +131,7 @@ bench-wechat: $(MODEL)  ## WeChat acknowledgement latency under a steady stream 
 review: $(VENV)/.installed  ## unsure messages from the tracker store, masked and grouped: results/review.yml
 	$(BIN)/python -m lakala_server.review $(REVIEW_ARGS)
 
-test: lint validate unit nlu-test nlu-blind core-test e2e browser wechat  ## run every test
+test: lint validate unit nlu-test nlu-blind core-test e2e security browser wechat  ## run every test
 
 lock:  ## re-pin requirements.txt from requirements.in
 	$(BIN)/python -m pip install --quiet -r requirements.in

@@ -2,6 +2,7 @@
 process group on a free local port, the same way tests/e2e/servers.py does for the tests."""
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,9 +29,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# One action-server token and verification secret for the whole benchmark run.
+ACTION_TOKEN = secrets.token_urlsafe(24)
+VERIFICATION_SECRET = secrets.token_urlsafe(24)
+
+
 def base_env(**extra: str) -> Dict[str, str]:
     env = dict(os.environ)
     env.update(
+        ACTION_SERVER_TOKEN=ACTION_TOKEN,
+        VERIFICATION_SECRET=VERIFICATION_SECRET,
         RASA_TELEMETRY_ENABLED="false",
         TF_CPP_MIN_LOG_LEVEL="2",
         SQLALCHEMY_SILENCE_UBER_WARNING="1",
@@ -78,7 +86,7 @@ def start_action_server(workdir: Path, port: int) -> subprocess.Popen:
     db.unlink(missing_ok=True)
     env = base_env(TERMINAL_DB_URL=f"sqlite:///{db}")
     log_path = workdir / "actions.log"
-    proc = start([str(BIN / "rasa"), "run", "actions", "--actions", "actions", "--port", str(port)], env, log_path)
+    proc = start([str(BIN / "python"), "-m", "actions.server", "--port", str(port)], env, log_path)
     try:
         wait_http(proc, f"http://127.0.0.1:{port}/health", 180, "action server", log_path)
     except Exception:
@@ -94,7 +102,9 @@ def write_serving_files(workdir: Path, action_port: int, stock: bool) -> Tuple[P
     (which also load lakala_server's speed-ups). A stock peer is served as Rasa serves any
     project out of the box: Rasa's REST channel and the default in-memory tracker store.
     Both use the same action server."""
-    endpoints: Dict[str, Any] = {"action_endpoint": {"url": f"http://127.0.0.1:{action_port}/webhook"}}
+    endpoints: Dict[str, Any] = {
+        "action_endpoint": {"url": f"http://127.0.0.1:{action_port}/webhook", "token": ACTION_TOKEN}
+    }
     credentials = workdir / "credentials.yml"
     if stock:
         credentials.write_text("rest:\n", encoding="utf-8")

@@ -12,6 +12,22 @@ export WEB_PORT RASA_SOCKET_URL=${RASA_SOCKET_URL:-http://localhost:${RASA_PORT}
 export WEB_ALLOWED_ORIGINS=${WEB_ALLOWED_ORIGINS:-http://localhost:${WEB_PORT},http://127.0.0.1:${WEB_PORT}}
 mkdir -p var
 
+# Secrets: ACTION_SERVER_TOKEN (Rasa -> action server) and VERIFICATION_SECRET (signs the
+# verified-terminal marker). Taken from the environment when set; otherwise generated once
+# into var/secrets.env (owner-only) and reused, so a restart keeps conversations verified.
+if [ -z "${ACTION_SERVER_TOKEN:-}" ] || [ -z "${VERIFICATION_SECRET:-}" ]; then
+  if [ ! -s var/secrets.env ]; then
+    (umask 077
+     printf 'ACTION_SERVER_TOKEN=%s\nVERIFICATION_SECRET=%s\n' \
+       "$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))')" \
+       "$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))')" > var/secrets.env)
+  fi
+  while IFS='=' read -r name value; do
+    [ -z "${!name:-}" ] && export "$name=$value"
+  done < var/secrets.env
+fi
+export ACTION_SERVER_TOKEN VERIFICATION_SECRET
+
 pids=()
 stop() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -20,7 +36,8 @@ stop() {
 trap stop EXIT
 trap 'exit 130' INT TERM
 
-"$BIN/rasa" run actions --actions actions --port "$ACTION_PORT" >var/actions.log 2>&1 &
+# The action server listens on 127.0.0.1 (ACTION_SERVER_HOST) and answers only with the token.
+"$BIN/python" -m actions.server --port "$ACTION_PORT" >var/actions.log 2>&1 &
 pids+=($!)
 # The WeChat channel (/webhooks/wechat/webhook) is on when WECHAT_TOKEN is set; see README.
 CREDENTIALS=credentials.yml

@@ -3,6 +3,7 @@ ports and private databases, for end-to-end tests."""
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -86,21 +87,26 @@ class Bot:
             TRACKER_DB_URL=f"sqlite:///{workdir / 'tracker.db'}",
             TF_CPP_MIN_LOG_LEVEL="2",
             SQLALCHEMY_SILENCE_UBER_WARNING="1",
+            ACTION_SERVER_TOKEN=secrets.token_urlsafe(24),
+            VERIFICATION_SECRET=secrets.token_urlsafe(24),
         )
         env.update(extra_env or {})
         self.env = env
+        self.action_token = env["ACTION_SERVER_TOKEN"]
         endpoints = workdir / "endpoints.yml"
         endpoints.write_text(
             yaml.safe_dump(
                 {
-                    "action_endpoint": {"url": f"http://127.0.0.1:{self.action_port}/webhook"},
+                    "action_endpoint": {
+                        "url": f"http://127.0.0.1:{self.action_port}/webhook", "token": self.action_token,
+                    },
                     "tracker_store": {"type": "lakala_server.tracker_store.UrlSQLTrackerStore"},
                 }
             )
         )
         self.actions = Process(
             "actions",
-            [str(BIN / "rasa"), "run", "actions", "--actions", "actions", "--port", str(self.action_port)],
+            [str(BIN / "python"), "-m", "actions.server", "--port", str(self.action_port)],
             env, workdir, f"http://127.0.0.1:{self.action_port}/health",
         )
         self.rasa = Process(

@@ -233,6 +233,7 @@ def test_default_is_var_tracker_db_in_the_working_directory(
 def test_endpoints_yml_selects_this_store(domain: Domain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'endpoint.db'}"
     monkeypatch.setenv("TRACKER_DB_URL", url)
+    monkeypatch.setenv("ACTION_SERVER_TOKEN", "a-token-make-run-would-generate")  # endpoints.yml reads it
     config = read_endpoint_config(str(REPO_ROOT / "endpoints.yml"), "tracker_store")
     store = create_tracker_store(config, domain)
     try:

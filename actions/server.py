@@ -1,0 +1,107 @@
+"""Starts the action server so that only Rasa can call it.
+
+It is rasa_sdk's own Sanic app (`rasa_sdk.endpoint.create_app`) with the project's actions,
+run with three guards that `rasa run actions` does not have:
+
+- it listens on ACTION_SERVER_HOST, by default 127.0.0.1 (set 0.0.0.0 or an interface
+  address only when Rasa runs on another host);
+- every call except /health must carry ACTION_SERVER_TOKEN, which Rasa sends from
+  `action_endpoint.token` in endpoints.yml; it is compared in constant time, 401 otherwise;
+- request bodies are capped at ACTION_SERVER_MAX_BODY_KB, before and after deflate, and an
+  error reply never echoes the request (rasa_sdk's own handler sends the body back).
+
+usage: python -m actions.server [--port 5055]
+"""
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import os
+import sys
+import zlib
+from typing import Optional
+
+from rasa_sdk import utils
+from rasa_sdk.endpoint import create_app
+from sanic import Sanic, response
+from sanic.request import Request
+from sanic.response import HTTPResponse
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5055
+DEFAULT_MAX_BODY_KB = 2048
+MIN_TOKEN_CHARS = 16
+OPEN_PATHS = frozenset({"/health"})
+
+
+def _max_body_bytes() -> int:
+    raw = os.environ.get("ACTION_SERVER_MAX_BODY_KB", "").strip()
+    try:
+        kilobytes = int(raw) if raw else DEFAULT_MAX_BODY_KB
+    except ValueError:
+        kilobytes = 0
+    if kilobytes <= 0:
+        logger.warning("Ignoring invalid ACTION_SERVER_MAX_BODY_KB=%r; using %s", raw, DEFAULT_MAX_BODY_KB)
+        kilobytes = DEFAULT_MAX_BODY_KB
+    return kilobytes * 1024
+
+
+def inflated_size_within(body: bytes, limit: int) -> bool:
+    """Whether a deflate body inflates to at most `limit` bytes, without inflating more than that."""
+    inflater = zlib.decompressobj()
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        return True  # not our concern: rasa_sdk answers a broken body itself
+    return len(inflated) <= limit and not inflater.unconsumed_tail
+
+
+def guarded_app(token: str, max_body: int, package: str = "actions") -> Sanic:
+    app = create_app(package, cors_origins=None)
+    app.config.REQUEST_MAX_SIZE = max_body
+    expected = token.encode()
+
+    @app.middleware("request")
+    async def only_rasa(request: Request) -> Optional[HTTPResponse]:
+        if request.path in OPEN_PATHS:
+            return None
+        given = (request.args.get("token") or "").encode()
+        if not hmac.compare_digest(given, expected):
+            return response.json({"error": "unauthorized"}, status=401)
+        if request.headers.get("Content-Encoding") == "deflate" and not inflated_size_within(request.body, max_body):
+            return response.json({"error": "request body too large"}, status=413)
+        return None
+
+    @app.exception(Exception)
+    async def no_echo(request: Request, exception: Exception) -> HTTPResponse:
+        status = getattr(exception, "status_code", 500) or 500
+        if status >= 500:
+            logger.error("action server error on %s", request.path, exc_info=exception)
+        return response.json({"error": "internal error" if status >= 500 else str(exception)}, status=status)
+
+    return app
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description="the action server, callable by Rasa only")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("ACTION_SERVER_PORT") or DEFAULT_PORT))
+    args = parser.parse_args(argv)
+    token = os.environ.get("ACTION_SERVER_TOKEN", "").strip()
+    if len(token) < MIN_TOKEN_CHARS:
+        print(f"ACTION_SERVER_TOKEN must be set (at least {MIN_TOKEN_CHARS} characters); "
+              "`make run` generates one in var/secrets.env", file=sys.stderr)
+        return 2
+    host = os.environ.get("ACTION_SERVER_HOST", "").strip() or DEFAULT_HOST
+    utils.configure_colored_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    utils.update_sanic_log_level()
+    app = guarded_app(token, _max_body_bytes())
+    logger.info("Action server listening on %s:%s (token required)", host, args.port)
+    app.run(host, args.port, workers=1, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
