@@ -27,6 +27,7 @@ from actions.registry import (
     normalize_phone_tail,
     normalize_terminal_id,
 )
+from actions.verification import sign, verified_terminal
 from lakala_nlu.text import normalize
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,11 @@ def status_values(status: TerminalStatus) -> Dict[str, Any]:
         "requested_on": day(status.requested_on),
         "completes_on": day(status.completes_on),
     }
+
+
+def verified(tracker: Tracker) -> Optional[str]:
+    """The terminal this conversation has verified, from its signed marker (see actions/verification.py)."""
+    return verified_terminal(tracker.get_slot("verified_terminal"), tracker.sender_id)
 
 
 def is_locked(tracker: Tracker) -> bool:
@@ -213,7 +219,7 @@ class TerminalVerification(FormValidationAction, ABC):
             dispatcher.utter_message(response="utter_terminal_not_found", terminal_id=terminal_id)
             return {"terminal_id": None}
         slots: Dict[str, Any] = {"terminal_id": terminal_id}
-        if tracker.get_slot("verified_terminal") != terminal_id:
+        if verified(tracker) != terminal_id:
             slots.update(phone_tail=None, verified_terminal=None)
         return slots
 
@@ -225,7 +231,7 @@ class TerminalVerification(FormValidationAction, ABC):
         domain: DomainDict,
     ) -> Dict[str, Any]:
         terminal_id = tracker.get_slot("terminal_id")
-        if value == VERIFIED and tracker.get_slot("verified_terminal") == terminal_id:
+        if value == VERIFIED and terminal_id and verified(tracker) == terminal_id:
             return {"phone_tail": VERIFIED}
         tail = normalize_phone_tail(str(value or ""))
         if tail is None or not terminal_id:
@@ -237,7 +243,11 @@ class TerminalVerification(FormValidationAction, ABC):
             utter_backend_failed(dispatcher, error)
             return {"phone_tail": None, "requested_slot": None}
         if matches:
-            return {"phone_tail": VERIFIED, "verified_terminal": terminal_id, "verify_failures": 0}
+            return {
+                "phone_tail": VERIFIED,
+                "verified_terminal": sign(terminal_id, tracker.sender_id),
+                "verify_failures": 0,
+            }
         failures = int(tracker.get_slot("verify_failures") or 0) + 1
         if failures < MAX_VERIFY_FAILURES:
             dispatcher.utter_message(
@@ -267,7 +277,7 @@ class ValidateDeregistrationForm(TerminalVerification):
         domain: DomainDict,
     ) -> List[str]:
         slots = await super().required_slots(domain_slots, dispatcher, tracker, domain)
-        terminal_id = tracker.get_slot("verified_terminal")
+        terminal_id = verified(tracker)
         if not slots or not terminal_id or terminal_id != tracker.get_slot("terminal_id"):
             return slots
         try:
@@ -303,7 +313,11 @@ class ActionAskDeregistrationConfirmed(Action):
     async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> List[EventType]:
-        status = await fetch_status(dispatcher, tracker.get_slot("verified_terminal"))
+        terminal_id = verified(tracker)
+        if terminal_id is None:
+            dispatcher.utter_message(response="utter_verification_expired")
+            return [SlotSet("requested_slot", None), SlotSet("verified_terminal", None), SlotSet("phone_tail", None)]
+        status = await fetch_status(dispatcher, terminal_id)
         if status is None:
             return [SlotSet("requested_slot", None)]
         values = status_values(status)
@@ -336,7 +350,7 @@ class ActionTerminalStatus(Action):
         if is_locked(tracker):
             dispatcher.utter_message(response="utter_verification_locked")
             return []
-        terminal_id = tracker.get_slot("verified_terminal")
+        terminal_id = verified(tracker)
         if not terminal_id or terminal_id != tracker.get_slot("terminal_id"):
             return []  # the form stopped early and already said why
         status = await fetch_status(dispatcher, terminal_id)
@@ -359,7 +373,19 @@ class ActionTerminalFollowup(Action):
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> List[EventType]:
         intent = (tracker.latest_message.get("intent") or {}).get("name")
-        status = await fetch_status(dispatcher, tracker.get_slot("verified_terminal"))
+        terminal_id = verified(tracker)
+        if terminal_id is None:
+            # The marker expired, or was never signed here: answer in general, forget the terminal.
+            general = {
+                "ask_deposit": "utter_deposit",
+                "ask_termination_fee": "utter_termination_fee",
+                "ask_dormancy": "utter_dormancy",
+            }.get(intent)
+            if general:
+                dispatcher.utter_message(response=general)
+            dispatcher.utter_message(response="utter_verification_expired")
+            return [SlotSet("verified_terminal", None), SlotSet("phone_tail", None)]
+        status = await fetch_status(dispatcher, terminal_id)
         if status is None:
             return []
         answer = {
@@ -384,7 +410,7 @@ class ActionSubmitDeregistration(Action):
         if is_locked(tracker):
             dispatcher.utter_message(response="utter_verification_locked")
             return reset
-        terminal_id = tracker.get_slot("verified_terminal")
+        terminal_id = verified(tracker)
         if not terminal_id or terminal_id != tracker.get_slot("terminal_id"):
             return reset
         try:

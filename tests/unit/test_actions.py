@@ -36,6 +36,7 @@ from actions.terminal import (
     ValidateTerminalStatusForm,
     confirmation_decision,
 )
+from actions.verification import sign, verified_terminal
 from tests.postgres import postgres_schema
 
 DOMAIN: dict[str, Any] = yaml.safe_load((REPO_ROOT / "domain.yml").read_text(encoding="utf-8"))
@@ -100,13 +101,16 @@ def request_rows(registry: reg.Registry, terminal_id: str) -> list[Any]:
 # --- trackers, running actions, reading replies ---------------------------------------------------------
 
 
+SENDER = "merchant-1"
+
+
 def make_tracker(
     slots: dict[str, Any] | None = None,
     *,
     candidates: dict[str, Any] | None = None,
     intent: str | None = None,
     form: str | None = None,
-    sender: str = "merchant-1",
+    sender: str = SENDER,
 ) -> Tracker:
     """A tracker with the domain's initial slot values; candidates are slots just extracted from the user."""
     values: dict[str, Any] = {name: spec.get("initial_value") for name, spec in DOMAIN["slots"].items()}
@@ -128,8 +132,18 @@ def make_tracker(
     return Tracker(sender, values, latest, events, False, None, active_loop, "action_listen")
 
 
+def marker(terminal_id: str, sender: str = SENDER) -> str:
+    """The signed verified-terminal marker the action server gives a conversation."""
+    return sign(terminal_id, sender)
+
+
+def proves(value: Any, sender: str = SENDER) -> Any:
+    """The terminal a marker proves for the conversation, or None."""
+    return verified_terminal(value, sender)
+
+
 def verified(terminal_id: str, **slots: Any) -> dict[str, Any]:
-    return {"terminal_id": terminal_id, "phone_tail": "verified", "verified_terminal": terminal_id, **slots}
+    return {"terminal_id": terminal_id, "phone_tail": "verified", "verified_terminal": marker(terminal_id), **slots}
 
 
 def run(action: Action, tracker: Tracker) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -246,14 +260,14 @@ def test_right_phone_tail_verifies(registry: reg.Registry, form: Action, termina
     )
     assert messages == []
     assert slots["phone_tail"] == "verified"
-    assert slots["verified_terminal"] == terminal_id
+    assert proves(slots["verified_terminal"]) == terminal_id
     assert slots["verify_failures"] == 0
     assert tail not in json.dumps(slots)  # the digits are kept in no slot
 
 
 def test_full_width_phone_tail_verifies(registry: reg.Registry) -> None:
     _, slots, _ = validate(ValidateTerminalStatusForm(), {"terminal_id": "K7306118"}, {"phone_tail": "０８３９"})
-    assert (slots["phone_tail"], slots["verified_terminal"]) == ("verified", "K7306118")
+    assert (slots["phone_tail"], proves(slots["verified_terminal"])) == ("verified", "K7306118")
 
 
 def test_already_verified_marker_is_accepted_only_for_the_verified_terminal(registry: reg.Registry) -> None:
@@ -261,7 +275,7 @@ def test_already_verified_marker_is_accepted_only_for_the_verified_terminal(regi
     assert messages == [] and slots["phone_tail"] == "verified"
     messages, slots, _ = validate(
         ValidateTerminalStatusForm(),
-        {"terminal_id": "K7306118", "verified_terminal": "30091254"},
+        {"terminal_id": "K7306118", "verified_terminal": marker("30091254")},
         {"phone_tail": "verified"},
     )
     assert names(messages) == ["utter_phone_tail_malformed"] and slots["phone_tail"] is None
@@ -429,7 +443,7 @@ def test_pending_request_id_is_reported(registry: reg.Registry, today: dt.date) 
 
 @pytest.mark.parametrize(
     "slots",
-    [{"terminal_id": "30091254"}, {"terminal_id": "30091254", "verified_terminal": "K7306118"}, {}],
+    [{"terminal_id": "30091254"}, {"terminal_id": "30091254", "verified_terminal": marker("K7306118")}, {}],
     ids=["unverified", "verified-another-terminal", "nothing"],
 )
 def test_terminal_status_without_verification_tells_nothing(registry: reg.Registry, slots: dict[str, Any]) -> None:
@@ -478,6 +492,44 @@ def test_followup_on_another_intent_repeats_the_state(registry: reg.Registry) ->
     assert names(messages) == ["utter_status_dormant"]
 
 
+def forged_markers() -> dict[str, str]:
+    """Markers a caller of the action server might send in place of a real verification."""
+    good = marker("30091254")
+    terminal, expires, mac = good.split(".")
+    return {
+        "bare terminal number": "30091254",
+        "from another conversation": marker("30091254", sender="someone-else"),
+        "terminal swapped": f"88004521.{expires}.{mac}",
+        "expiry extended": f"{terminal}.{int(expires) + 86400}.{mac}",
+        "mac edited": f"{terminal}.{expires}.{'0' * len(mac)}",
+        "expired": sign("30091254", SENDER, now=time.time() - 31 * 60),
+    }
+
+
+@pytest.mark.parametrize("kind", list(forged_markers()))
+def test_forged_or_expired_marker_reveals_and_changes_nothing(registry: reg.Registry, kind: str) -> None:
+    slots = {"terminal_id": "30091254", "phone_tail": "verified", "verified_terminal": forged_markers()[kind]}
+    messages, _ = run(ActionTerminalStatus(), make_tracker(slots))
+    assert messages == []
+    messages, events = run(ActionTerminalFollowup(), make_tracker(slots, intent="ask_deposit"))
+    assert names(messages) == ["utter_deposit", "utter_verification_expired"]  # the general answer only
+    assert {"event": "slot", "name": "verified_terminal", "value": None} in [
+        {key: event.get(key) for key in ("event", "name", "value")} for event in events
+    ]
+    messages, _ = run(ActionSubmitDeregistration(), make_tracker({**slots, "deregistration_confirmed": True}))
+    assert messages == [] and request_rows(registry, "30091254") == []
+    _, slots_after, _ = validate(ValidateTerminalStatusForm(), slots, {"phone_tail": "verified"})
+    assert slots_after["phone_tail"] is None
+
+
+def test_marker_proves_its_terminal_for_its_conversation_until_it_expires() -> None:
+    now = time.time()
+    value = sign("K7306118", SENDER, now=now)
+    assert verified_terminal(value, SENDER, now=now + 29 * 60) == "K7306118"
+    assert verified_terminal(value, SENDER, now=now + 30 * 60) is None
+    assert verified_terminal(value, "merchant-2", now=now) is None
+
+
 # --- deregistration ------------------------------------------------------------------------------------------------
 
 
@@ -499,17 +551,18 @@ def test_deregistration_form_skips_the_question_when_nothing_to_confirm(
     assert required_slots(ValidateDeregistrationForm(), make_tracker({"terminal_id": terminal_id})) == (
         DEREGISTRATION_FORM_SLOTS
     )
-    other = {"terminal_id": terminal_id, "verified_terminal": "30091254" if terminal_id != "30091254" else "K7306118"}
+    another = "30091254" if terminal_id != "30091254" else "K7306118"
+    other = {"terminal_id": terminal_id, "verified_terminal": marker(another)}
     assert required_slots(ValidateDeregistrationForm(), make_tracker(other)) == DEREGISTRATION_FORM_SLOTS
 
 
 def test_verifying_a_pending_terminal_ends_the_deregistration_form(registry: reg.Registry) -> None:
     messages, slots, _ = validate(ValidateDeregistrationForm(), {"terminal_id": "A0012345"}, {"phone_tail": "2290"})
     assert messages == []
-    assert slots["verified_terminal"] == "A0012345"
+    assert proves(slots["verified_terminal"]) == "A0012345"
     assert "requested_slot" in slots and slots["requested_slot"] is None
     messages, slots, _ = validate(ValidateDeregistrationForm(), {"terminal_id": "30091254"}, {"phone_tail": "6721"})
-    assert slots["verified_terminal"] == "30091254"
+    assert proves(slots["verified_terminal"]) == "30091254"
     assert "requested_slot" not in slots  # Rasa goes on to ask for the confirmation
 
 

@@ -1,0 +1,75 @@
+"""The verified-terminal marker: proof, kept in the `verified_terminal` slot, that this
+conversation gave a terminal number and its matching phone tail.
+
+A slot value is whatever the caller of the action server says it is, so the marker is not
+the bare terminal number. It is `<terminal>.<expiry>.<mac>`, where the MAC (HMAC-SHA256 with
+VERIFICATION_SECRET) covers the terminal, the conversation's sender id and the expiry. A
+marker copied into another conversation, edited, or older than VERIFICATION_TTL_MINUTES
+is worth nothing, and every action that reveals or changes a terminal checks it.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TTL_MINUTES = 30.0
+_MAC_HEX = 32
+_process_secret: Optional[bytes] = None
+
+
+def _secret() -> bytes:
+    """VERIFICATION_SECRET, or one random secret for this process when it is not set
+    (markers then die with the process, and several action servers would not agree)."""
+    global _process_secret
+    configured = os.environ.get("VERIFICATION_SECRET", "").strip()
+    if configured:
+        return configured.encode()
+    if _process_secret is None:
+        logger.warning("VERIFICATION_SECRET is not set: using a random secret for this process only")
+        _process_secret = secrets.token_bytes(32)
+    return _process_secret
+
+
+def ttl_seconds() -> float:
+    raw = os.environ.get("VERIFICATION_TTL_MINUTES", "").strip()
+    try:
+        minutes = float(raw) if raw else DEFAULT_TTL_MINUTES
+    except ValueError:
+        minutes = -1.0
+    if minutes <= 0:
+        logger.warning("Ignoring invalid VERIFICATION_TTL_MINUTES=%r; using %s", raw, DEFAULT_TTL_MINUTES)
+        minutes = DEFAULT_TTL_MINUTES
+    return minutes * 60
+
+
+def _mac(terminal_id: str, sender_id: str, expires: int) -> str:
+    message = f"{terminal_id}|{sender_id}|{expires}".encode()
+    return hmac.new(_secret(), message, hashlib.sha256).hexdigest()[:_MAC_HEX]
+
+
+def sign(terminal_id: str, sender_id: str, now: Optional[float] = None) -> str:
+    """The marker for `terminal_id`, verified just now in the conversation `sender_id`."""
+    expires = int((time.time() if now is None else now) + ttl_seconds())
+    return f"{terminal_id}.{expires}.{_mac(terminal_id, sender_id, expires)}"
+
+
+def verified_terminal(marker: Any, sender_id: str, now: Optional[float] = None) -> Optional[str]:
+    """The terminal a marker proves for this conversation, or None when it proves nothing."""
+    if not isinstance(marker, str) or marker.count(".") != 2:
+        return None
+    terminal_id, expires_text, mac = marker.split(".")
+    if not expires_text.isdigit() or len(mac) != _MAC_HEX:
+        return None
+    expires = int(expires_text)
+    if not hmac.compare_digest(mac, _mac(terminal_id, str(sender_id), expires)):
+        return None
+    if (time.time() if now is None else now) >= expires:
+        return None
+    return terminal_id
