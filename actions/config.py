@@ -11,6 +11,8 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB_TIMEOUT_SECONDS = 3.0
+DEFAULT_LOCK_FAILURES = 10
+DEFAULT_LOCK_MINUTES = 15.0
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,8 @@ class Settings:
     terminal_db_url: str
     db_timeout_seconds: float
     uses_default_db: bool
+    lock_failures: int = DEFAULT_LOCK_FAILURES  # wrong phone tails per terminal before a lock-out
+    lock_minutes: float = DEFAULT_LOCK_MINUTES  # the first lock-out; each further one doubles
 
     @property
     def var_dir(self) -> Path:
@@ -51,6 +55,18 @@ def _timeout_from_env(raw: str | None) -> float:
     return value
 
 
+def _positive_from_env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        logger.warning("Ignoring invalid %s=%r; using %s", name, raw, default)
+        return default
+    return value
+
+
 def get_settings() -> Settings:
     """Read the environment now (not at import time), so tests and processes can override it."""
     url = os.environ.get("TERMINAL_DB_URL", "").strip()
@@ -59,4 +75,6 @@ def get_settings() -> Settings:
         terminal_db_url=url or default_db_url(),
         db_timeout_seconds=_timeout_from_env(os.environ.get("DB_TIMEOUT_SECONDS")),
         uses_default_db=not url,
+        lock_failures=int(_positive_from_env("TERMINAL_LOCK_FAILURES", DEFAULT_LOCK_FAILURES)),
+        lock_minutes=_positive_from_env("TERMINAL_LOCK_MINUTES", DEFAULT_LOCK_MINUTES),
     )

@@ -65,6 +65,19 @@ deregistration_requests = sa.Table(
     sa.CheckConstraint("source IN ('merchant', 'system')", name="ck_deregistration_source"),
 )
 
+# Wrong phone tails per terminal, across conversations, processes and restarts. After
+# `lock_failures` in a row the terminal is locked for `lock_minutes`, doubled at every
+# further lock-out (at most a day); a right tail after a lock-out has expired clears it.
+verification_failures = sa.Table(
+    "verification_failures",
+    metadata,
+    sa.Column("terminal_id", sa.String(8), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),
+    sa.Column("lockouts", sa.Integer, nullable=False, default=0),
+    sa.Column("locked_until", sa.DateTime, nullable=True),  # UTC
+)
+MAX_LOCK = dt.timedelta(days=1)
+
 # The database, not the application, guarantees at most one pending request per terminal.
 sa.Index(
     "uq_deregistration_one_pending",
@@ -142,6 +155,14 @@ class TerminalStatus:
     requested_on: dt.date | None
     completes_on: dt.date | None
     completion_is_estimate: bool
+
+
+@dataclass(frozen=True)
+class TailCheck:
+    """A phone-tail check: right or not, and whether the terminal is (now) locked."""
+
+    verified: bool
+    locked: bool
 
 
 @dataclass(frozen=True)
@@ -420,20 +441,54 @@ class Registry:
             row = self._terminal_row(conn, normalized)
         return _record_from_row(row) if row is not None else None
 
-    def verify_phone_tail(self, terminal_id: str, tail: str) -> bool:
+    def check_phone_tail(self, terminal_id: str, tail: str, now: dt.datetime | None = None) -> TailCheck:
+        """Checks a tail against the terminal's lock-out: a locked terminal checks nothing."""
         normalized_id = normalize_terminal_id(terminal_id)
         normalized_tail = normalize_phone_tail(tail)
         if normalized_id is None or normalized_tail is None:
-            return False
+            return TailCheck(verified=False, locked=False)
+        now = now or dt.datetime.utcnow()
         engine = self.engine
-        with self._db_errors(), engine.connect() as conn:
-            stored = conn.execute(
-                sa.select(terminals.c.phone_tail_hash).where(terminals.c.terminal_id == normalized_id)
-            ).scalar()
-        # An unknown terminal still costs one comparison, so timing does not reveal which ids exist.
-        expected = stored or hash_phone_tail(normalized_id, "")
-        matches = hmac.compare_digest(expected, hash_phone_tail(normalized_id, normalized_tail))
-        return stored is not None and matches
+        with self._db_errors():
+            for attempt in range(2):
+                try:
+                    with engine.begin() as conn:
+                        return self._check_in_transaction(conn, normalized_id, normalized_tail, now)
+                except sa_exc.IntegrityError:
+                    if attempt:  # another process created the same counter row twice in a row
+                        raise
+        raise RegistryError("unreachable")
+
+    def _check_in_transaction(self, conn: Connection, terminal_id: str, tail: str, now: dt.datetime) -> TailCheck:
+        table = verification_failures
+        counter = conn.execute(
+            sa.select(table).where(table.c.terminal_id == terminal_id).with_for_update()
+        ).first()
+        if counter is not None and counter.locked_until is not None and counter.locked_until > now:
+            return TailCheck(verified=False, locked=True)
+        stored = conn.execute(
+            sa.select(terminals.c.phone_tail_hash).where(terminals.c.terminal_id == terminal_id)
+        ).scalar()
+        expected = stored or hash_phone_tail(terminal_id, "")
+        if stored is not None and hmac.compare_digest(expected, hash_phone_tail(terminal_id, tail)):
+            if counter is not None:
+                conn.execute(table.delete().where(table.c.terminal_id == terminal_id))
+            return TailCheck(verified=True, locked=False)
+        if counter is None:
+            conn.execute(table.insert().values(terminal_id=terminal_id, failures=0, lockouts=0))
+        conn.execute(table.update().where(table.c.terminal_id == terminal_id)
+                     .values(failures=table.c.failures + 1))
+        failures, lockouts = conn.execute(
+            sa.select(table.c.failures, table.c.lockouts).where(table.c.terminal_id == terminal_id)
+        ).one()
+        settings = get_settings()
+        if failures < settings.lock_failures:
+            return TailCheck(verified=False, locked=False)
+        lock = min(dt.timedelta(minutes=settings.lock_minutes) * 2 ** min(lockouts, 16), MAX_LOCK)
+        conn.execute(table.update().where(table.c.terminal_id == terminal_id)
+                     .values(failures=0, lockouts=lockouts + 1, locked_until=now + lock))
+        logger.warning("terminal locked for %s after %s wrong phone tails", lock, failures)
+        return TailCheck(verified=False, locked=True)
 
     def status(self, terminal_id: str, today: dt.date | None = None) -> TerminalStatus:
         normalized = normalize_terminal_id(terminal_id)

@@ -238,11 +238,15 @@ class TerminalVerification(FormValidationAction, ABC):
             dispatcher.utter_message(response="utter_phone_tail_malformed")
             return {"phone_tail": None}
         try:
-            matches = await registry_call(get_registry().verify_phone_tail, terminal_id, tail)
+            check = await registry_call(get_registry().check_phone_tail, terminal_id, tail)
         except BackendFailure as error:
             utter_backend_failed(dispatcher, error)
             return {"phone_tail": None, "requested_slot": None}
-        if matches:
+        if check.locked:
+            # Too many wrong tails for this terminal, from any conversation: nothing is checked.
+            dispatcher.utter_message(response="utter_terminal_locked")
+            return {"phone_tail": None, "verified_terminal": None, "requested_slot": None}
+        if check.verified:
             return {
                 "phone_tail": VERIFIED,
                 "verified_terminal": sign(terminal_id, tracker.sender_id),

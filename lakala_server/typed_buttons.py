@@ -7,6 +7,12 @@ Before the NLU runs, the text is compared with the titles of the buttons the bot
 the user's last message; on a match the button's payload is parsed instead, as a click
 would send it. The user's own words stay in the conversation. Anything else goes to the
 NLU as before. WeChat also accepts an option's number (lakala_server/wechat.py).
+
+The other way round, a typed "/intent" (Rasa's payload syntax: /restart, /back,
+/session_start, /affirm) counts as a click only when it is exactly the payload of a button
+just offered. Anything else starting with "/" is read as words, so a user cannot reset,
+undo or answer the conversation by typing commands. The WeChat channel sends only payloads
+of offered options and of the operator's menu, and refuses typed ones itself.
 """
 import copy
 import functools
@@ -55,6 +61,20 @@ def typed_button_payload(tracker: DialogueStateTracker, text: Optional[str]) -> 
     return None
 
 
+COMMAND_PREFIX = "/"
+# Channels that let a "/…" through only from their own options or menu.
+CHANNELS_FILTERING_PAYLOADS = frozenset({"wechat"})
+
+
+def refused_command(tracker: Optional[DialogueStateTracker], message: UserMessage) -> bool:
+    """Whether `message` is a typed "/…" that is not the payload of a button just offered."""
+    text = (message.text or "").strip()
+    if not text.startswith(COMMAND_PREFIX) or message.input_channel in CHANNELS_FILTERING_PAYLOADS:
+        return False
+    offered = offered_buttons(tracker.events) if tracker is not None else []
+    return all(str(button.get("payload") or "").strip() != text for button in offered)
+
+
 _parse_message = MessageProcessor.parse_message
 
 
@@ -64,6 +84,12 @@ async def _parse_message_with_buttons(
     tracker: Optional[DialogueStateTracker] = None,
     only_output_properties: bool = True,
 ) -> Dict[str, Any]:
+    if refused_command(tracker, message):
+        as_words = copy.copy(message)
+        as_words.text = (message.text or "").strip().lstrip(COMMAND_PREFIX).strip() or "？"
+        parse_data = await _parse_message(self, as_words, tracker, only_output_properties)
+        parse_data["text"] = message.text
+        return parse_data
     payload = typed_button_payload(tracker, message.text) if tracker is not None else None
     if payload is None:
         return await _parse_message(self, message, tracker, only_output_properties)

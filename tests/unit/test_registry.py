@@ -20,6 +20,7 @@ from actions.registry import (
     AlreadyDeregistered,
     Registry,
     RegistryUnavailable,
+    TailCheck,
     TerminalNotFound,
     deregistration_requests,
     normalize_terminal_id,
@@ -215,13 +216,46 @@ def test_find_normalises_and_misses(registry: Registry) -> None:
     assert registry.find("not an id") is None
 
 
-def test_verify_phone_tail(registry: Registry) -> None:
-    assert registry.verify_phone_tail("K7306118", "0839") is True
-    assert registry.verify_phone_tail("k730-6118", "０８３９") is True
-    assert registry.verify_phone_tail("K7306118", "0838") is False
-    assert registry.verify_phone_tail("K7306118", "6721") is False
-    assert registry.verify_phone_tail("K7306118", "839") is False
-    assert registry.verify_phone_tail("ZZZZ0000", "0839") is False
+def verifies(registry: Registry, terminal_id: str, tail: str) -> bool:
+    check = registry.check_phone_tail(terminal_id, tail)
+    assert not check.locked
+    return check.verified
+
+
+def test_check_phone_tail(registry: Registry) -> None:
+    assert verifies(registry, "K7306118", "0839") is True
+    assert verifies(registry, "k730-6118", "０８３９") is True
+    assert verifies(registry, "K7306118", "0838") is False
+    assert verifies(registry, "K7306118", "6721") is False
+    assert verifies(registry, "K7306118", "839") is False
+    assert verifies(registry, "ZZZZ0000", "0839") is False
+
+
+def test_wrong_tails_lock_the_terminal_for_every_conversation_with_growing_back_off(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TERMINAL_LOCK_FAILURES", "3")
+    monkeypatch.setenv("TERMINAL_LOCK_MINUTES", "10")
+    start = dt.datetime(2026, 12, 3, 8, 0)
+    for minute in range(2):
+        assert registry.check_phone_tail("K7306118", "0000", now=start + dt.timedelta(minutes=minute)).locked is False
+    assert registry.check_phone_tail("K7306118", "0001", now=start + dt.timedelta(minutes=2)).locked is True
+    # While locked, even the right tail is not checked; other terminals are not affected.
+    assert registry.check_phone_tail("K7306118", "0839", now=start + dt.timedelta(minutes=11)) == TailCheck(False, True)
+    assert registry.check_phone_tail("30091254", "6721", now=start + dt.timedelta(minutes=3)).verified is True
+    # A new registry (a restart, or another process) sees the same lock.
+    again = Registry(registry.engine.url.render_as_string(hide_password=False), auto_seed=False)
+    assert again.check_phone_tail("K7306118", "0839", now=start + dt.timedelta(minutes=5)).locked is True
+    # After the first lock (10 minutes), three more wrong tails lock for twice as long.
+    after_first = start + dt.timedelta(minutes=13)
+    for _ in range(3):
+        check = registry.check_phone_tail("K7306118", "1111", now=after_first)
+    assert check.locked is True
+    assert registry.check_phone_tail("K7306118", "0839", now=after_first + dt.timedelta(minutes=19)).locked is True
+    assert registry.check_phone_tail("K7306118", "0839", now=after_first + dt.timedelta(minutes=21)).verified is True
+    # The right tail cleared the counter: the next wrong one starts again from one.
+    assert registry.check_phone_tail("K7306118", "1111", now=after_first + dt.timedelta(minutes=22)).locked is False
+    again.close()
 
 
 def test_phone_tail_is_not_stored_in_clear(registry: Registry) -> None:
@@ -321,7 +355,7 @@ def test_unreachable_database_raises_quickly(backend: Backend, make_registry: Ca
     registry = make_registry(backend.unreachable_url, auto_seed=True)
     for call in (
         lambda: registry.find("K7306118"),
-        lambda: registry.verify_phone_tail("K7306118", "0839"),
+        lambda: registry.check_phone_tail("K7306118", "0839"),
         lambda: registry.status("K7306118"),
         lambda: registry.request_deregistration("K7306118"),
     ):

@@ -83,3 +83,21 @@ def test_the_server_parses_the_payload_and_keeps_the_typed_words():
     # Without a conversation (the HTTP API's /model/parse) nothing is offered.
     asyncio.run(processor.parse_message(UserMessage("先不注销")))
     assert processor.parsed[-1] == "先不注销"
+
+
+def test_a_typed_command_is_read_as_words_unless_it_is_an_offered_payload():
+    processor = RecordingProcessor()
+    for command in ["/restart", "/back", " /session_start ", "/greet", '/inform{"phone_tail": "6721"}', "/"]:
+        parse_data = asyncio.run(processor.parse_message(UserMessage(command, input_channel="rest"), after_question()))
+        assert not processor.parsed[-1].startswith("/"), command
+        assert parse_data["text"] == command.strip()
+    # The web widget sends a clicked button's payload: that is exactly an offered payload.
+    asyncio.run(processor.parse_message(UserMessage("/deny", input_channel="socketio"), after_question()))
+    assert processor.parsed[-1] == "/deny"
+    # No conversation, no offered buttons: /model/parse reads a command as words too.
+    asyncio.run(processor.parse_message(UserMessage("/restart")))
+    assert processor.parsed[-1] == "restart"
+    # WeChat lets through only its offered options and the operator's menu keys.
+    menu_click = UserMessage("/check_terminal_status", input_channel="wechat")
+    asyncio.run(processor.parse_message(menu_click, after_question()))
+    assert processor.parsed[-1] == "/check_terminal_status"
