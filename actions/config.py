@@ -38,6 +38,25 @@ class Settings:
             self.var_dir.mkdir(parents=True, exist_ok=True)
 
 
+def seed_demo_requested() -> bool:
+    """SEED_DEMO_TERMINALS=1 seeds the demo terminals into a configured (non-default) database."""
+    return os.environ.get("SEED_DEMO_TERMINALS", "").strip().lower() in ("1", "true", "yes")
+
+
+def private_sqlite_file(url: str) -> None:
+    """Create a SQLite database file readable by its owner only (SQLite gives its -wal and
+    -shm files the same mode); any other URL is left alone."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    os.chmod(path, 0o600)
+
+
 def default_db_url(repo_root: Path = REPO_ROOT) -> str:
     return f"sqlite:///{repo_root / 'var' / 'terminals.db'}"
 

@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from actions import policy as pol
-from actions.config import get_settings
+from actions.config import get_settings, private_sqlite_file, seed_demo_requested
 
 logger = logging.getLogger(__name__)
 
@@ -253,8 +253,10 @@ class Registry:
         timeout_seconds: float | None = None,
         *,
         policy: pol.Policy | None = None,
-        auto_seed: bool = True,
+        auto_seed: bool | None = None,
     ) -> None:
+        """auto_seed: seed the demo terminals into an empty database; by default only into the
+        default local database, or when SEED_DEMO_TERMINALS=1 (never into a configured one)."""
         self._url = url
         self._timeout = timeout_seconds
         self._policy = policy
@@ -280,11 +282,16 @@ class Registry:
                     engine = self._engine or self._create_engine()
                     self._engine = engine
                     self._create_schema(engine)
-                    if self._auto_seed:
+                    if self._should_seed():
                         self._seed_if_empty(engine)
                     self._ready = True
         assert self._engine is not None
         return self._engine
+
+    def _should_seed(self) -> bool:
+        if self._auto_seed is not None:
+            return self._auto_seed
+        return (self._url is None and get_settings().uses_default_db) or seed_demo_requested()
 
     def close(self) -> None:
         if self._engine is not None:
@@ -299,6 +306,10 @@ class Registry:
                 settings.ensure_local_dirs()
             except OSError as error:
                 raise RegistryUnavailable(f"cannot create the database directory: {error}") from error
+        try:
+            private_sqlite_file(self._url or settings.terminal_db_url)
+        except OSError as error:
+            raise RegistryUnavailable(f"cannot create the database file: {error}") from error
         url = make_url(self._url or settings.terminal_db_url)
         kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True}
         if url.get_backend_name() == "sqlite":

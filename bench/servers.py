@@ -84,7 +84,7 @@ def start_action_server(workdir: Path, port: int) -> subprocess.Popen:
     """The repo's action server with a fresh terminal database in workdir."""
     db = workdir / "terminals.db"
     db.unlink(missing_ok=True)
-    env = base_env(TERMINAL_DB_URL=f"sqlite:///{db}")
+    env = base_env(TERMINAL_DB_URL=f"sqlite:///{db}", SEED_DEMO_TERMINALS="1")
     log_path = workdir / "actions.log"
     proc = start([str(BIN / "python"), "-m", "actions.server", "--port", str(port)], env, log_path)
     try:

@@ -29,6 +29,7 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.shared.nlu.constants import INTENT_NAME_KEY
 from sqlalchemy.orm import sessionmaker
 
+from actions.config import private_sqlite_file
 from lakala_server.redaction import redact
 from lakala_server.speedups import dumps
 
@@ -56,6 +57,7 @@ class UrlSQLTrackerStore(SQLTrackerStore):
         **kwargs: Any,
     ) -> None:
         self._url = tracker_db_url()
+        private_sqlite_file(self._url)
         kwargs.pop("host", None)
         super().__init__(domain=domain, event_broker=event_broker, **kwargs)
         # Senders this store just found nothing for: a tracker created for them has no stored events.

@@ -87,6 +87,7 @@ class Bot:
             TRACKER_DB_URL=f"sqlite:///{workdir / 'tracker.db'}",
             TF_CPP_MIN_LOG_LEVEL="2",
             SQLALCHEMY_SILENCE_UBER_WARNING="1",
+            SEED_DEMO_TERMINALS="1",  # a configured database gets the demo terminals only when asked
             ACTION_SERVER_TOKEN=secrets.token_urlsafe(24),
             VERIFICATION_SECRET=secrets.token_urlsafe(24),
         )

@@ -63,6 +63,7 @@ def use_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., reg.
 
     def configure(url: str, timeout: float | None = None) -> reg.Registry:
         monkeypatch.setenv("TERMINAL_DB_URL", url)
+        monkeypatch.setenv("SEED_DEMO_TERMINALS", "1")
         if timeout is None:
             monkeypatch.delenv("DB_TIMEOUT_SECONDS", raising=False)
         else:

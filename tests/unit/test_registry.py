@@ -383,6 +383,29 @@ def test_settings_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert get_settings().db_timeout_seconds == 3
 
 
+def test_demo_terminals_go_into_a_configured_database_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("SEED_DEMO_TERMINALS", raising=False)
+    monkeypatch.setenv("TERMINAL_DB_URL", f"sqlite:///{tmp_path / 'production.db'}")
+    production = Registry()
+    assert production.find("30091254") is None  # published tails must not open a real database
+    production.close()
+    monkeypatch.setenv("SEED_DEMO_TERMINALS", "1")
+    monkeypatch.setenv("TERMINAL_DB_URL", f"sqlite:///{tmp_path / 'staging.db'}")
+    staging = Registry()
+    assert staging.find("30091254") is not None
+    staging.close()
+
+
+def test_database_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    registry = Registry(f"sqlite:///{tmp_path / 'private' / 'terminals.db'}", auto_seed=True)
+    assert registry.find("30091254") is not None
+    registry.close()
+    assert (tmp_path / "private" / "terminals.db").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "private").stat().st_mode & 0o077 == 0
+
+
 def test_default_registry_is_lazy_and_shared() -> None:
     reg.get_registry.cache_clear()
     try:
