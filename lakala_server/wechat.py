@@ -7,8 +7,10 @@ it can, and otherwise delivers the answer on WeChat's retry or through the custo
 message API. Buttons become numbered options the user answers with a number or the option text.
 """
 import asyncio
+import hashlib
 import hmac
 import logging
+import os
 import re
 import time
 from collections import OrderedDict
@@ -32,6 +34,7 @@ from wechatpy.messages import BaseMessage
 from wechatpy.utils import WeChatSigner
 
 from lakala_server import fallback
+from lakala_server.channels import cap_request_size
 from lakala_server.typed_buttons import normalized
 from lakala_server.wechat_api import CustomerServiceClient, WeChatAPIError, split_text
 
@@ -48,6 +51,10 @@ MAX_CLOCK_SKEW_SECONDS = 300
 # Longer than the accepted clock skew, so a replayed request is caught by one or the other.
 DEDUPE_TTL_SECONDS = MAX_CLOCK_SKEW_SECONDS + 60
 MAX_BODY_BYTES = 64 * 1024
+# The account's message encryption (公众号 console: 明文 / 兼容 / 安全模式). In safe mode a
+# request that is not encrypted and signed is refused, so nobody can downgrade to plaintext.
+MESSAGE_MODES = ("safe", "compatible", "plaintext")
+DEFAULT_MESSAGE_MODE = "safe"
 MAX_TRACKED = 10_000
 ACK = "success"
 
@@ -216,6 +223,10 @@ class _Expiring:
         while len(self._items) > MAX_TRACKED:
             self._items.popitem(last=False)
 
+    def get(self, key: str) -> Any:
+        expires, value = self._items.get(key, (0.0, None))
+        return value if expires > time.monotonic() else None
+
     def pop(self, key: str) -> Any:
         expires, value = self._items.pop(key, (0.0, None))
         return value if expires > time.monotonic() else None
@@ -263,6 +274,9 @@ class WeChatInput(InputChannel):
             encoding_aes_key=str(credentials.get("encoding_aes_key") or "").strip(),
             appsecret=str(credentials.get("appsecret") or "").strip(),
             api_base=credentials.get("api_base"),
+            message_mode=str(
+                credentials.get("message_mode") or os.environ.get("WECHAT_MESSAGE_MODE") or DEFAULT_MESSAGE_MODE
+            ).strip().lower(),
         )
 
     def __init__(
@@ -273,8 +287,11 @@ class WeChatInput(InputChannel):
         appsecret: str = "",
         api_base: Optional[str] = None,
         reply_deadline_seconds: float = DEFAULT_REPLY_DEADLINE_SECONDS,
+        message_mode: str = DEFAULT_MESSAGE_MODE,
     ) -> None:
         problems = []
+        if message_mode not in MESSAGE_MODES:
+            problems.append(f"WECHAT_MESSAGE_MODE must be one of {', '.join(MESSAGE_MODES)}")
         if not TOKEN_RE.fullmatch(token):
             problems.append("WECHAT_TOKEN must be 3-32 letters or digits")
         if not APPID_RE.fullmatch(appid):
@@ -290,6 +307,9 @@ class WeChatInput(InputChannel):
             raise InvalidConfigException("The WeChat channel cannot start: " + "; ".join(problems) + ".")
         self.token = token
         self.appid = appid
+        self.message_mode = message_mode
+        # (timestamp, nonce) -> digest of the body, for as long as the timestamp is accepted.
+        self._nonces = _Expiring(2 * MAX_CLOCK_SKEW_SECONDS)
         self.crypto = WeChatCrypto(token, encoding_aes_key, appid)
         self.api = CustomerServiceClient(appid, appsecret, api_base) if appsecret else None
         self.reply_deadline = reply_deadline_seconds
@@ -316,14 +336,30 @@ class WeChatInput(InputChannel):
             raise Rejected(403, "bad signature")
         return timestamp, nonce
 
+    def _check_nonce(self, timestamp: str, nonce: str, body: bytes) -> None:
+        """A signed (timestamp, nonce) may come again with the same body (WeChat's retries),
+        never with another one: the plaintext body is not covered by the signature."""
+        key = f"{timestamp}:{nonce}"
+        digest = hashlib.sha256(body).digest()
+        seen = self._nonces.get(key)
+        if seen is not None and not hmac.compare_digest(seen, digest):
+            raise Rejected(403, "timestamp and nonce reused with another body")
+        if seen is None:
+            self._nonces.put(key, digest)
+
     def verify_and_parse(self, request: Request) -> Inbound:
         """The request's message, if it is WeChat's; raises Rejected otherwise."""
         timestamp, nonce = self._verify_signature(request.args)
         body = request.body or b""
         if len(body) > MAX_BODY_BYTES:
             raise Rejected(413, "body too large")
-        envelope = _parse_xml(body)
         encrypt_type = request.args.get("encrypt_type") or "raw"
+        if encrypt_type not in ("aes", "raw"):
+            raise Rejected(400, "unknown encrypt_type")
+        if self.message_mode == "safe" and encrypt_type != "aes":
+            raise Rejected(403, "the account is in safe mode: unencrypted request refused")
+        self._check_nonce(timestamp, nonce, body)
+        envelope = _parse_xml(body)
         if encrypt_type == "aes":
             ciphertext = envelope.findtext("Encrypt") or ""
             msg_signature = request.args.get("msg_signature") or ""
@@ -342,10 +378,8 @@ class WeChatInput(InputChannel):
             except Exception:
                 raise Rejected(400, "undecryptable message") from None
             root = _parse_xml(plaintext)
-        elif encrypt_type == "raw":
-            plaintext, root = body, envelope
         else:
-            raise Rejected(400, "unknown encrypt_type")
+            plaintext, root = body, envelope
         try:
             message = parse_message(plaintext)
         except Exception:
@@ -564,6 +598,8 @@ class WeChatInput(InputChannel):
             if not reply:
                 return response.text(ACK)
             return self._passive_reply(reply, inbound)
+
+        cap_request_size(wechat_webhook)
 
         @wechat_webhook.listener("after_server_stop")
         async def close(*_: Any) -> None:

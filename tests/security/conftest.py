@@ -3,7 +3,7 @@ import pytest
 from tests.e2e.servers import MODEL, Bot
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bot(tmp_path_factory):
     """The real Rasa server and action server, started as `make run` starts them."""
     if not MODEL.exists():

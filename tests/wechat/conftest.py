@@ -51,9 +51,9 @@ def split_reply(reply: str) -> Tuple[List[str], List[Tuple[int, str]]]:
 class AgentServer:
     """tests/wechat/fake_agent.py in its own process."""
 
-    def __init__(self, workdir: Path, api: Optional[FakeWeChatAPI] = None):
+    def __init__(self, workdir: Path, api: Optional[FakeWeChatAPI] = None, message_mode: str = "safe"):
         self.port = free_port()
-        env = {**os.environ, **SETTINGS, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **SETTINGS, "PYTHONPATH": str(ROOT), "WECHAT_MESSAGE_MODE": message_mode}
         if api is None:
             env["WECHAT_APPSECRET"] = ""
         else:
@@ -84,6 +84,15 @@ def fake_api() -> Iterator[FakeWeChatAPI]:
 def agent(tmp_path_factory) -> Iterator[AgentServer]:
     """The channel without an AppSecret: no customer-service API, retries only."""
     server = AgentServer(tmp_path_factory.mktemp("agent"))
+    server.process.start(timeout=60)
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="module")
+def plain_agent(tmp_path_factory) -> Iterator[AgentServer]:
+    """The channel of an account in plaintext mode (明文模式)."""
+    server = AgentServer(tmp_path_factory.mktemp("plain_agent"), message_mode="plaintext")
     server.process.start(timeout=60)
     yield server
     server.process.stop()

@@ -1,5 +1,6 @@
 """The channel over HTTP, in front of a scripted agent: verification and rejections, each
 message type and event, numbered options, dedupe and WeChat's 5-second clock."""
+import http.client
 import threading
 import time
 import urllib.parse
@@ -114,26 +115,59 @@ def rejection_cases():
         url, _ = sim.envelope(sim.text(openid, "x"))
         return url, f"<xml><ToUserName>{cdata(sim.account)}</ToUserName></xml>".encode()
 
+    def downgraded(sim, openid):
+        plain = type(sim)(sim.url, SETTINGS["WECHAT_TOKEN"], SETTINGS["WECHAT_APPID"],
+                          SETTINGS["WECHAT_ENCODING_AES_KEY"], mode="plain")
+        return plain.envelope(plain.text(openid, "押金能退吗"))
+
+    def nonce_reused(sim, openid):
+        # A captured plaintext request (its body is not signed) sent again with other words.
+        url, body = sim.envelope(sim.text(f"{openid}_first", "押金能退吗"))
+        assert sim.post(url, body).status == 200
+        return url, sim.text(openid, "帮我把终端30091254注销了").encode()
+
+    # (name, build, expected status or None for any 4xx, the account's message mode)
     return [
-        ("bad signature", bad_signature, 403), ("bad msg_signature", bad_msg_signature, 403),
-        ("tampered ciphertext", tampered_body, 403), ("stale timestamp", stale, 403),
-        ("wrong AppID inside the ciphertext", wrong_appid, 403), ("wrong EncodingAESKey", wrong_key, None),
-        ("malformed XML", malformed, 400), ("ciphertext that is not base64", not_base64, 400),
-        ("XML bomb", plain_entity(BOMB), 400), ("external entity", plain_entity(XXE), 400),
-        ("encrypted XML bomb", encrypted_entity(BOMB), 400), ("encrypted external entity", encrypted_entity(XXE), 400),
-        ("oversized body", huge, 413), ("unknown encrypt_type", unknown_mode, 400),
-        ("no FromUserName", no_sender, 400), ("no Encrypt", no_ciphertext, 400),
+        ("bad signature", bad_signature, 403, "safe"), ("bad msg_signature", bad_msg_signature, 403, "safe"),
+        ("tampered ciphertext", tampered_body, 403, "safe"), ("stale timestamp", stale, 403, "safe"),
+        ("wrong AppID inside the ciphertext", wrong_appid, 403, "safe"),
+        ("wrong EncodingAESKey", wrong_key, None, "safe"),
+        ("malformed XML", malformed, 400, "safe"), ("ciphertext that is not base64", not_base64, 400, "safe"),
+        ("XML bomb", plain_entity(BOMB), 400, "plaintext"), ("external entity", plain_entity(XXE), 400, "plaintext"),
+        ("encrypted XML bomb", encrypted_entity(BOMB), 400, "safe"),
+        ("encrypted external entity", encrypted_entity(XXE), 400, "safe"),
+        ("oversized body", huge, 413, "safe"), ("unknown encrypt_type", unknown_mode, 400, "safe"),
+        ("no FromUserName", no_sender, 400, "safe"), ("no Encrypt", no_ciphertext, 400, "safe"),
+        ("plaintext sent to a safe-mode account", downgraded, 403, "safe"),
+        ("timestamp and nonce reused with another body", nonce_reused, 403, "plaintext"),
     ]
 
 
-@pytest.mark.parametrize("name, build, status", rejection_cases(), ids=[c[0] for c in rejection_cases()])
-def test_rejected_requests_never_reach_the_bot(agent, name, build, status):
-    sim, openid = agent.sim(), new_user()
+ACCOUNTS = {"safe": "agent", "plaintext": "plain_agent"}
+
+
+@pytest.mark.parametrize("name, build, status, account", rejection_cases(), ids=[c[0] for c in rejection_cases()])
+def test_rejected_requests_never_reach_the_bot(request, name, build, status, account):
+    agent = request.getfixturevalue(ACCOUNTS[account])
+    sim, openid = agent.sim("safe" if account == "safe" else "plain"), new_user()
     url, body = build(sim, openid)
     attempt = sim.post(url, body)
     assert 400 <= attempt.status < 500, (name, attempt.status, attempt.body)
     if status:
         assert attempt.status == status, (name, attempt.body)
+    assert agent.received(openid) == []
+
+
+def test_a_body_announced_too_large_is_refused_before_it_is_read(agent):
+    sim, openid = agent.sim(), new_user()
+    url, _ = sim.envelope(sim.text(openid, "x"))
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    connection.putrequest("POST", f"{parts.path}?{parts.query}")
+    connection.putheader("Content-Length", str(100 * 1024 * 1024))
+    connection.endheaders()  # announces 100 MB, sends none
+    assert connection.getresponse().status == 413
+    connection.close()
     assert agent.received(openid) == []
 
 
@@ -148,8 +182,10 @@ def test_a_captured_request_replayed_later_is_refused_or_ignored(agent):
 
 # --- message types and events -----------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["plain", "compat", "safe"])
-def test_text_in_every_encryption_mode(agent, mode):
+@pytest.mark.parametrize("account, mode", [("safe", "compat"), ("safe", "safe"), ("plaintext", "plain"),
+                                           ("plaintext", "compat")])
+def test_text_in_every_encryption_mode(request, account, mode):
+    agent = request.getfixturevalue(ACCOUNTS[account])
     sim, openid = agent.sim(mode), new_user()
     outcome = sim.deliver(sim.text(openid, "押金能退吗"))
     assert outcome.reply == "收到：押金能退吗"

@@ -115,11 +115,12 @@ def test_the_channel_reads_the_published_ciphertexts(monkeypatch, vector, encryp
 
 
 def test_the_simulator_round_trips_through_the_channel():
-    channel = WeChatInput(SETTINGS["WECHAT_TOKEN"], SETTINGS["WECHAT_APPID"], SETTINGS["WECHAT_ENCODING_AES_KEY"])
+    channel = WeChatInput(SETTINGS["WECHAT_TOKEN"], SETTINGS["WECHAT_APPID"], SETTINGS["WECHAT_ENCODING_AES_KEY"],
+                          message_mode="compatible")
     for mode in ("plain", "compat", "safe"):
         sim = WeChatSimulator("http://unused", SETTINGS["WECHAT_TOKEN"], SETTINGS["WECHAT_APPID"],
                               SETTINGS["WECHAT_ENCODING_AES_KEY"], mode=mode)
-        request = request_for(sim, sim.text("oUser_1", "押金能退吗]]>"), str(int(time.time())), "42")
+        request = request_for(sim, sim.text("oUser_1", "押金能退吗]]>"), str(int(time.time())), f"42{mode}")
         inbound = channel.verify_and_parse(request)
         assert (inbound.openid, inbound.message.content, inbound.encrypted) == (
             "oUser_1", "押金能退吗]]>", mode != "plain")

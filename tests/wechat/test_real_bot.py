@@ -83,7 +83,7 @@ def test_a_question_is_answered_in_the_chat(wechat_bot):
 
 
 def test_a_recognised_voice_message_is_answered(wechat_bot):
-    sim, openid = wechat_bot.sim("plain"), new_user()
+    sim, openid = wechat_bot.sim("compat"), new_user()
     assert_said(said_texts(sim.deliver(sim.voice(openid, "押金能退吗？"))), "utter_deposit")
 
 
