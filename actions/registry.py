@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import logging
 import math
+import os
 import re
 import secrets
 import string
@@ -205,7 +206,40 @@ def normalize_phone_tail(text: str | None) -> str | None:
     return cleaned if PHONE_TAIL_RE.fullmatch(cleaned) else None
 
 
+_key_lock = threading.Lock()
+_file_key: bytes | None = None
+
+
+def phone_tail_key() -> bytes:
+    """The HMAC key for phone tails, kept outside the database: PHONE_TAIL_KEY, or else a
+    random key made once in var/phone_tail.key (owner-only) for a local installation.
+    With only 10,000 possible tails, a bare hash in a leaked database gives them all away."""
+    global _file_key
+    configured = os.environ.get("PHONE_TAIL_KEY", "").strip()
+    if configured:
+        return configured.encode()
+    with _key_lock:
+        if _file_key is None:
+            path = get_settings().var_dir / "phone_tail.key"
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(descriptor, "w") as key_file:
+                    key_file.write(secrets.token_hex(32))
+            _file_key = path.read_text().strip().encode()
+            logger.warning("PHONE_TAIL_KEY is not set: phone tails are keyed with var/phone_tail.key")
+        return _file_key
+
+
 def hash_phone_tail(terminal_id: str, tail: str) -> str:
+    return hmac.new(phone_tail_key(), f"{terminal_id}:{tail}".encode(), hashlib.sha256).hexdigest()
+
+
+def _legacy_hash(terminal_id: str, tail: str) -> str:
+    """The bare SHA-256 of earlier versions; replaced by the HMAC at the first right tail."""
     return hashlib.sha256(f"{terminal_id}:{tail}".encode()).hexdigest()
 
 
@@ -481,7 +515,13 @@ class Registry:
             sa.select(terminals.c.phone_tail_hash).where(terminals.c.terminal_id == terminal_id)
         ).scalar()
         expected = stored or hash_phone_tail(terminal_id, "")
-        if stored is not None and hmac.compare_digest(expected, hash_phone_tail(terminal_id, tail)):
+        keyed = hash_phone_tail(terminal_id, tail)
+        right = hmac.compare_digest(expected, keyed)
+        if stored is not None and not right and hmac.compare_digest(expected, _legacy_hash(terminal_id, tail)):
+            right = True  # a row from before the keyed hash: upgrade it now
+            conn.execute(terminals.update().where(terminals.c.terminal_id == terminal_id)
+                         .values(phone_tail_hash=keyed))
+        if stored is not None and right:
             if counter is not None:
                 conn.execute(table.delete().where(table.c.terminal_id == terminal_id))
             return TailCheck(verified=True, locked=False)

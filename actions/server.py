@@ -8,7 +8,8 @@ run with three guards that `rasa run actions` does not have:
 - every call except /health must carry ACTION_SERVER_TOKEN, which Rasa sends from
   `action_endpoint.token` in endpoints.yml; it is compared in constant time, 401 otherwise;
 - request bodies are capped at ACTION_SERVER_MAX_BODY_KB, before and after deflate, and an
-  error reply never echoes the request (rasa_sdk's own handler sends the body back).
+  error reply never echoes the request (rasa_sdk's own handler sends the body back);
+- digit runs in its log lines are masked (actions/log_masking.py).
 
 usage: python -m actions.server [--port 5055]
 """
@@ -27,6 +28,8 @@ from rasa_sdk.endpoint import create_app
 from sanic import Sanic, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
+
+from actions import log_masking
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,7 @@ def main(argv: Optional[list] = None) -> int:
               "`make run` generates one in var/secrets.env", file=sys.stderr)
         return 2
     host = os.environ.get("ACTION_SERVER_HOST", "").strip() or DEFAULT_HOST
+    log_masking.install()
     utils.configure_colored_logging(os.environ.get("LOG_LEVEL", "INFO"))
     utils.update_sanic_log_level()
     app = guarded_app(token, _max_body_bytes())

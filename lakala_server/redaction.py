@@ -1,47 +1,92 @@
-"""Keeps phone tails out of the conversation store: the digits a merchant types to
-verify a terminal are masked before events are written."""
+"""Keeps phone tails and phone numbers out of the conversation store: what a merchant
+types to verify a terminal is masked before events are written.
+
+Masked, in the text of user messages and in slot values:
+- a phone number (11 digits starting with 1) anywhere;
+- four digits while the bot asks for the phone tail, typed with spaces or full-width too
+  (6721, 67 21, ６７２１);
+- four to seven digits while the bot asks for the terminal number (a tail typed too early,
+  which the form would otherwise keep in the terminal_id slot);
+- the phone_tail slot, and a terminal_id slot value that is not a terminal number.
+Terminal numbers themselves are not secret and stay readable.
+"""
 import copy
 import re
+import unicodedata
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from rasa.shared.core.events import Event, SlotSet, UserUttered
 
+from actions.log_masking import DIGIT_RUN
+
 PHONE_TAIL = "phone_tail"
+TERMINAL_ID = "terminal_id"
 MASK = "****"
-FOUR_DIGITS = re.compile(r"(?<!\d)\d{4}(?!\d)")
+TERMINAL_ID_RE = re.compile(r"[0-9A-Za-z]{8}")
 
 
-def _mask_text(text: Optional[str]) -> Optional[str]:
-    return FOUR_DIGITS.sub(MASK, text) if text else text
+def _digits(run: str) -> str:
+    return "".join(unicodedata.normalize("NFKC", run).split())
+
+
+def _masked_run(run: str, requested: Optional[str]) -> bool:
+    digits = _digits(run)
+    if len(digits) == 11 and digits.startswith("1"):
+        return True  # a mobile phone number
+    if requested == PHONE_TAIL:
+        return len(digits) == 4
+    if requested == TERMINAL_ID:
+        return 4 <= len(digits) < 8
+    return False
+
+
+def _mask_text(text: Optional[str], requested: Optional[str]) -> Optional[str]:
+    if not text:
+        return text
+    return DIGIT_RUN.sub(lambda m: MASK if _masked_run(m.group(0), requested) else m.group(0), text)
 
 
 def _entities(data: Dict[str, Any]) -> List[Dict[str, Any]]:
     return list(data.get("entities") or []) + list((data.get("parse_data") or {}).get("entities") or [])
 
 
-def _may_hold_tail(data: Dict[str, Any], phone_tail_requested: bool) -> bool:
+def _slot_needs_mask(name: Any, value: Any) -> bool:
+    text = str(value or "")
+    if not DIGIT_RUN.search(text):
+        return False
+    if name == PHONE_TAIL:
+        return True
+    if name == TERMINAL_ID:
+        return not TERMINAL_ID_RE.fullmatch(text.replace("-", "").replace(" ", ""))
+    return _mask_text(text, None) != text
+
+
+def _may_hold_tail(data: Dict[str, Any], requested: Optional[str]) -> bool:
     kind = data.get("event")
     if kind == "slot":
-        return data.get("name") == PHONE_TAIL and bool(FOUR_DIGITS.search(str(data.get("value") or "")))
+        return _slot_needs_mask(data.get("name"), data.get("value"))
     if kind == "user":
-        return phone_tail_requested or any(entity.get("entity") == PHONE_TAIL for entity in _entities(data))
+        text = data.get("text") or ""
+        return (_mask_text(text, requested) != text
+                or any(entity.get("entity") == PHONE_TAIL for entity in _entities(data)))
     return False
 
 
-def redact_event_dict(data: Dict[str, Any], phone_tail_requested: bool) -> Dict[str, Any]:
-    """The serialised event with any phone tail masked: a copy if something may be masked,
-    else the same dict (most events: copying every one was a fiftieth of the server's time)."""
-    if not _may_hold_tail(data, phone_tail_requested):
+def redact_event_dict(data: Dict[str, Any], requested: Optional[str] = None) -> Dict[str, Any]:
+    """The serialised event with phone tails and numbers masked (`requested`: the slot the
+    bot was asking for): a copy if something is masked, else the same dict (most events:
+    copying every one was a fiftieth of the server's time)."""
+    if not _may_hold_tail(data, requested):
         return data
     data = copy.deepcopy(data)
     kind = data.get("event")
     if kind == "slot":
         data["value"] = MASK
-    elif kind == "user":  # a tail was asked for, or one was recognised
+    elif kind == "user":
         parse = data.get("parse_data") or {}
-        data["text"] = _mask_text(data.get("text"))
+        data["text"] = _mask_text(data.get("text"), requested)
         if parse:
-            parse["text"] = _mask_text(parse.get("text"))
+            parse["text"] = _mask_text(parse.get("text"), requested)
         for entity in _entities(data):
             if entity.get("entity") == PHONE_TAIL:
                 entity["value"] = MASK
@@ -57,7 +102,7 @@ def redact(all_events: Iterable[Event], new_events: Iterable[Event]) -> Iterator
         if id(event) in new_ids:
             if isinstance(event, UserUttered | SlotSet):
                 data = event.as_dict()
-                masked = redact_event_dict(data, requested == PHONE_TAIL)
+                masked = redact_event_dict(data, requested)
                 yield event if masked is data or masked == data else Event.from_parameters(masked)
             else:
                 yield event

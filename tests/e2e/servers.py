@@ -76,7 +76,8 @@ class Bot:
     """A running bot: both servers, their databases, and a REST client."""
 
     def __init__(
-        self, workdir: Path, extra_env: Optional[Dict[str, str]] = None, credentials: Optional[Path] = None
+        self, workdir: Path, extra_env: Optional[Dict[str, str]] = None, credentials: Optional[Path] = None,
+        debug: bool = False,
     ):
         self.workdir = workdir
         self.rasa_port, self.action_port = free_port(), free_port()
@@ -113,7 +114,8 @@ class Bot:
         self.rasa = Process(
             "rasa",
             [str(BIN / "rasa"), "run", "--model", str(MODEL), "--endpoints", str(endpoints),
-             "--credentials", str(credentials or ROOT / "credentials.yml"), "--port", str(self.rasa_port)],
+             "--credentials", str(credentials or ROOT / "credentials.yml"), "--port", str(self.rasa_port)]
+            + (["--debug"] if debug else []),
             env, workdir, f"http://127.0.0.1:{self.rasa_port}/",
         )
 

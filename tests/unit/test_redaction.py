@@ -44,8 +44,32 @@ def test_stored_events_hold_no_phone_tail(tmp_path, monkeypatch):
 
 def test_digits_typed_while_the_tail_is_asked_are_masked_even_without_an_entity():
     event = UserUttered("是1456吧", {"name": "inform", "confidence": 0.5}, []).as_dict()
-    assert redact_event_dict(event, phone_tail_requested=True)["text"] == f"是{MASK}吧"
-    assert redact_event_dict(event, phone_tail_requested=False)["text"] == "是1456吧"
+    assert redact_event_dict(event, "phone_tail")["text"] == f"是{MASK}吧"
+    assert redact_event_dict(event, None)["text"] == "是1456吧"
+
+
+def user(text):
+    return UserUttered(text, {"name": "inform", "confidence": 0.5}, []).as_dict()
+
+
+def test_tails_typed_with_spaces_or_full_width_digits_are_masked():
+    for typed in ("67 21", "６７２１", "尾号 ６７ ２１ 谢谢"):
+        assert "67" not in redact_event_dict(user(typed), "phone_tail")["text"].replace("６７", "67"), typed
+    slot = SlotSet("phone_tail", "６７２１").as_dict()
+    assert redact_event_dict(slot, None)["value"] == MASK
+
+
+def test_whole_phone_numbers_are_masked_in_any_turn():
+    for typed in ("我手机13800006721", "手机 138 0000 6721", "１３８００００６７２１"):
+        masked = redact_event_dict(user(typed), None)["text"]
+        assert "6721" not in masked and "６７２１" not in masked and MASK in masked, typed
+
+
+def test_a_tail_typed_when_the_terminal_number_is_asked_is_masked_in_text_and_slot():
+    assert redact_event_dict(user("6721"), "terminal_id")["text"] == MASK
+    assert redact_event_dict(user("30091254"), "terminal_id")["text"] == "30091254"
+    assert redact_event_dict(SlotSet("terminal_id", "6721").as_dict(), None)["value"] == MASK
+    assert redact_event_dict(SlotSet("terminal_id", "K730-6118").as_dict(), None)["value"] == "K730-6118"
 
 
 def test_masking_leaves_the_conversation_in_memory_as_it_was(tmp_path, monkeypatch):

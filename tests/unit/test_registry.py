@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from actions.registry import (
     TailCheck,
     TerminalNotFound,
     deregistration_requests,
+    hash_phone_tail,
     normalize_terminal_id,
     terminals,
 )
@@ -256,6 +258,32 @@ def test_wrong_tails_lock_the_terminal_for_every_conversation_with_growing_back_
     # The right tail cleared the counter: the next wrong one starts again from one.
     assert registry.check_phone_tail("K7306118", "1111", now=after_first + dt.timedelta(minutes=22)).locked is False
     again.close()
+
+
+def test_phone_tails_are_keyed_so_a_leaked_database_does_not_give_them_away(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bare = hashlib.sha256(b"K7306118:0839").hexdigest()
+    with registry.engine.connect() as conn:
+        stored = conn.execute(sa.select(terminals.c.phone_tail_hash)
+                              .where(terminals.c.terminal_id == "K7306118")).scalar()
+    assert stored != bare
+    # Without the key, trying all 10,000 tails against the stored value finds nothing.
+    assert all(hashlib.sha256(f"K7306118:{n:04d}".encode()).hexdigest() != stored for n in range(10000))
+    monkeypatch.setenv("PHONE_TAIL_KEY", "another-key")
+    assert hash_phone_tail("K7306118", "0839") != stored
+
+
+def test_a_row_with_an_old_bare_hash_verifies_once_and_is_rekeyed(registry: Registry) -> None:
+    bare = hashlib.sha256(b"K7306118:0839").hexdigest()
+    with registry.engine.begin() as conn:
+        conn.execute(terminals.update().where(terminals.c.terminal_id == "K7306118").values(phone_tail_hash=bare))
+    assert registry.check_phone_tail("K7306118", "0838").verified is False
+    assert registry.check_phone_tail("K7306118", "0839").verified is True
+    with registry.engine.connect() as conn:
+        stored = conn.execute(sa.select(terminals.c.phone_tail_hash)
+                              .where(terminals.c.terminal_id == "K7306118")).scalar()
+    assert stored == hash_phone_tail("K7306118", "0839") != bare
 
 
 def test_phone_tail_is_not_stored_in_clear(registry: Registry) -> None:
