@@ -12,10 +12,16 @@ and the database stays consistent on power loss (the last messages can be lost).
 Reading and writing a conversation run two statements compiled once for the
 database's dialect, straight through the driver: building them through the ORM
 on every message (Rasa's way) cost about a tenth of the server's time under load.
+
+Conversations whose last event is older than TRACKER_RETENTION_DAYS (default 90; 0 keeps
+everything) are deleted when the store starts, then at most once an hour in the background.
 """
+import asyncio
 import itertools
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -37,6 +43,23 @@ DEFAULT_SQLITE_PATH = Path("var") / "tracker.db"
 # How many of a tracker's events are already in the database (set on read and save).
 STORED_EVENTS = "_lakala_stored_events"
 EVENT_COLUMNS = ("sender_id", "type_name", "timestamp", "intent_name", "action_name", "data")
+DEFAULT_RETENTION_DAYS = 90.0
+RETENTION_CHECK_SECONDS = 3600.0
+
+logger = logging.getLogger(__name__)
+
+
+def retention_days() -> float:
+    """TRACKER_RETENTION_DAYS: how long a finished conversation is kept; 0 keeps them all."""
+    raw = os.environ.get("TRACKER_RETENTION_DAYS", "").strip()
+    try:
+        days = float(raw) if raw else DEFAULT_RETENTION_DAYS
+    except ValueError:
+        days = -1.0
+    if days < 0:
+        logger.warning("Ignoring invalid TRACKER_RETENTION_DAYS=%r; using %s", raw, DEFAULT_RETENTION_DAYS)
+        days = DEFAULT_RETENTION_DAYS
+    return days
 
 
 def tracker_db_url() -> str:
@@ -66,6 +89,11 @@ class UrlSQLTrackerStore(SQLTrackerStore):
             self._use_sqlite_wal()
         self._latest_session = DriverStatement(self.engine, latest_session_query(self.SQLEvent.__table__))
         self._insert = DriverStatement(self.engine, self.SQLEvent.__table__.insert().inline(), EVENT_COLUMNS)
+        self._retention_days = retention_days()
+        self._purging: Optional[asyncio.Future] = None
+        self._next_purge = time.monotonic() + RETENTION_CHECK_SECONDS
+        if self._retention_days:
+            self._purge_logged()  # at start-up, before any conversation is served
 
     def _use_sqlite_wal(self) -> None:
         self.engine.dispose()
@@ -105,8 +133,38 @@ class UrlSQLTrackerStore(SQLTrackerStore):
             setattr(tracker, STORED_EVENTS, len(tracker.events))
         return tracker
 
+    def purge(self, older_than_days: float, now: Optional[float] = None) -> int:
+        """Deletes every conversation whose last event is older than the given days; returns
+        how many conversations went."""
+        cutoff = (time.time() if now is None else now) - older_than_days * 86400
+        events = self.SQLEvent.__table__
+        expired = (sa.select(events.c.sender_id).group_by(events.c.sender_id)
+                   .having(sa.func.max(events.c.timestamp) < cutoff))
+        with self.engine.begin() as connection:
+            senders = [row[0] for row in connection.execute(expired)]
+            for start in range(0, len(senders), 500):
+                connection.execute(events.delete().where(events.c.sender_id.in_(senders[start:start + 500])))
+        if senders:
+            logger.info("retention: deleted %s conversations older than %s days", len(senders), older_than_days)
+        return len(senders)
+
+    def _purge_now_and_then(self) -> None:
+        if not self._retention_days or time.monotonic() < self._next_purge:
+            return
+        if self._purging is not None and not self._purging.done():
+            return
+        self._next_purge = time.monotonic() + RETENTION_CHECK_SECONDS
+        self._purging = asyncio.get_running_loop().run_in_executor(None, self._purge_logged)
+
+    def _purge_logged(self) -> None:
+        try:
+            self.purge(self._retention_days)
+        except Exception:  # noqa: BLE001 - a failed clean-up must not fail a conversation
+            logger.exception("retention: deleting old conversations failed")
+
     async def save(self, tracker: DialogueStateTracker) -> None:
         """Rasa's save, with the new events written in one INSERT instead of through the ORM."""
+        self._purge_now_and_then()
         await self.stream_events(tracker)
         stored = getattr(tracker, STORED_EVENTS, None)
         if stored is None and tracker.sender_id in self._unseen:

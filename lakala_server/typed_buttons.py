@@ -26,6 +26,7 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from lakala_nlu.text import normalize
 
 _TRAILING_PUNCTUATION = "。.!?~～"  # after normalize, which makes full-width marks half-width
+MAX_TITLE_CHARS = 40  # longer than any button title with spaces and punctuation around it
 
 
 def normalized(text: str) -> str:
@@ -51,7 +52,9 @@ def offered_buttons(events: Reversible[Any]) -> List[Dict[str, Any]]:
 def typed_button_payload(tracker: DialogueStateTracker, text: Optional[str]) -> Optional[str]:
     """The payload of the offered button whose title is `text`, if there is one."""
     buttons = offered_buttons(tracker.events)
-    answer = normalized(text) if buttons and text else ""
+    if not buttons or not text or len(text) > MAX_TITLE_CHARS:
+        return None  # a long paste is no title, and is not normalised here character by character
+    answer = normalized(text)
     if not answer or answer.startswith("/"):
         return None
     for button in buttons:

@@ -43,6 +43,36 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Rasa's own schema setting would override the URL's search_path.
     monkeypatch.delenv("POSTGRESQL_SCHEMA", raising=False)
     monkeypatch.delenv("TRACKER_DB_URL", raising=False)
+    monkeypatch.setenv("TRACKER_RETENTION_DAYS", "0")  # these conversations are dated 1970
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_conversations_older_than_the_retention_are_deleted(
+    domain: Domain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    def run(url: str) -> None:
+        monkeypatch.setenv("TRACKER_DB_URL", url)
+        now = time.time()
+        keeper = UrlSQLTrackerStore(domain=domain)
+        save(keeper, new_tracker(domain, "old", lookup_conversation(now - 40 * 86400)))
+        save(keeper, new_tracker(domain, "recent", lookup_conversation(now - 10 * 86400)))
+        keeper.engine.dispose()
+        monkeypatch.setenv("TRACKER_RETENTION_DAYS", "30")
+        store = UrlSQLTrackerStore(domain=domain)  # a (re)started server purges at once
+        try:
+            assert retrieve(store, "old") is None
+            assert retrieve(store, "recent") is not None
+            assert store.purge(30) == 0
+            assert store.purge(5) == 1  # the same rule for any age
+            assert retrieve(store, "recent") is None
+        finally:
+            store.engine.dispose()
+
+    if backend == "sqlite":
+        run(f"sqlite:///{tmp_path / 'tracker.db'}")
+        return
+    with postgres_schema(request.getfixturevalue("postgres_base_url"), "test_retention") as (_, url):
+        run(url)
 
 
 @pytest.fixture()
