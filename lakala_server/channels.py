@@ -1,11 +1,25 @@
-"""Rasa's REST channel, guaranteed to answer every message, and the request-size cap every
-channel of the project puts on the Rasa server."""
-import os
-from typing import Any, Awaitable, Callable
+"""Rasa's REST channel, guaranteed to answer every message and bound to its caller, and the
+request-size cap every channel of the project puts on the Rasa server.
 
+Who may use REST, and as which conversation (Rasa's REST channel believes any `sender`):
+- REST_JWT_SECRET set: every request carries `Authorization: Bearer <JWT>` (HS256, signed
+  with that secret) whose `sub` is the body's `sender`; 401 otherwise. The site that embeds
+  the bot issues the tokens to its signed-in merchants.
+- else REST_OPEN=1: anyone, as any sender (local development only);
+- else (the default, what `make run` gives a newcomer): loopback clients only.
+Stored REST conversations are named `rest:<sender>`, so a REST caller can never address a
+WeChat or web-chat conversation, and the channel is always `rest`, whatever the body says.
+"""
+import ipaddress
+import os
+from typing import Any, Awaitable, Callable, Optional
+
+import jwt
 from rasa.core.channels.channel import UserMessage
 from rasa.core.channels.rest import RestInput
 from sanic import Blueprint
+from sanic.exceptions import Forbidden, InvalidUsage, Unauthorized
+from sanic.request import Request
 
 from lakala_server import speedups
 from lakala_server.fallback import never_silent
@@ -30,12 +44,50 @@ def cap_request_size(blueprint: Blueprint) -> Blueprint:
     return blueprint
 
 
+REST_PREFIX = "rest:"
+MAX_SENDER_CHARS = 128
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def authorized_sender(request: Request, sender: Any) -> str:
+    """The conversation a REST request may speak in, or a 4xx (see the module's docstring)."""
+    if not isinstance(sender, str) or not sender.strip() or len(sender) > MAX_SENDER_CHARS:
+        raise InvalidUsage("sender must be a non-empty string of at most 128 characters")
+    secret = os.environ.get("REST_JWT_SECRET", "").strip()
+    if secret:
+        header = request.headers.get("Authorization") or ""
+        if not header.startswith("Bearer "):
+            raise Unauthorized("a bearer token is required", scheme="Bearer")
+        try:
+            claims = jwt.decode(header[len("Bearer "):].strip(), secret, algorithms=["HS256"],
+                                options={"require": ["sub"]})
+        except jwt.PyJWTError:
+            raise Unauthorized("invalid token", scheme="Bearer") from None
+        if claims.get("sub") != sender:
+            raise Forbidden("the token is for another sender")
+    elif os.environ.get("REST_OPEN", "").strip() != "1" and not is_loopback(request.ip or ""):
+        raise Forbidden("REST is open to this machine only; set REST_JWT_SECRET to expose it")
+    return REST_PREFIX + sender
+
+
 class SafeRestInput(RestInput):
     """`/webhooks/rest/webhook`, answering with an apology instead of silence."""
 
     @classmethod
     def name(cls) -> str:
         return "rest"
+
+    async def _extract_sender(self, req: Request) -> Optional[str]:
+        return authorized_sender(req, (req.json or {}).get("sender"))
+
+    def _extract_input_channel(self, req: Request) -> str:
+        return self.name()  # never what the body claims: other channels are trusted differently
 
     def blueprint(
         self, on_new_message: Callable[[UserMessage], Awaitable[Any]]

@@ -343,7 +343,7 @@ def review(
         reason, intent, confidence = chosen
         result.listed[reason] += 1
         raw = str(event.get("text") or "")
-        text = "" if len(raw) > MAX_MESSAGE_CHARS else clean_line(mask(raw, [sender]))
+        text = "" if len(raw) > MAX_MESSAGE_CHARS else clean_line(mask(raw, [sender, sender.split(":", 1)[-1]]))
         if text.startswith("/") or not normalize(text):
             result.skipped += 1  # nothing to train: too long (the bot reads 300 characters), empty, a payload
         elif len(result.kept) < limit:

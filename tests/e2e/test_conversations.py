@@ -213,7 +213,7 @@ def stored_user_texts(bot, sender):
         with engine.connect() as connection:
             rows = connection.execute(sa.text(
                 "SELECT data FROM events WHERE sender_id = :sender AND type_name = 'user' ORDER BY id"),
-                {"sender": sender}).scalars()
+                {"sender": f"rest:{sender}"}).scalars()  # how the REST channel names it
             return [json.loads(row)["text"] for row in rows]
     finally:
         engine.dispose()

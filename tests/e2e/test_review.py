@@ -93,7 +93,8 @@ def stored(seeded: Seeded) -> Dict[str, List[Tuple[str, float]]]:
             ).fetchall()
     finally:
         engine.dispose()
-    ours = [json.loads(data) for sender, data in rows if sender in seeded.senders]
+    stored_senders = {f"rest:{sender}" for sender in seeded.senders}  # REST conversations are rest:<sender>
+    ours = [json.loads(data) for sender, data in rows if sender in stored_senders]
     assert len(ours) == len(seeded.sent), "every message is stored once"
     result: Dict[str, List[Tuple[str, float]]] = {}
     for (_, text), event in zip(seeded.sent, ours, strict=True):

@@ -38,7 +38,7 @@ def test_tails_and_phone_numbers_are_masked_in_logs_and_stored_conversations(bot
     engine = sa.create_engine(f"sqlite:///{bot.workdir / 'tracker.db'}")
     with engine.connect() as connection:
         stored = " ".join(row[0] for row in connection.execute(
-            sa.text("SELECT data FROM events WHERE sender_id = :s"), {"s": sender}))
+            sa.text("SELECT data FROM events WHERE sender_id = :s"), {"s": f"rest:{sender}"}))
     engine.dispose()
     assert "日志测试店" in stored  # verified: the conversation is all there
     for secret in secrets:
