@@ -3,8 +3,8 @@ anything else a merchant typed must not reach a log file in clear.
 
 Installed as the logging module's record factory, so it covers every logger and handler,
 including Rasa's and Sanic's, and the text of logged exceptions. Runs of four or more
-digits (ASCII or full-width, single spaces allowed between them: 6721, 67 21, ６７２１,
-13800006721) become ****. Ports and years in log lines are masked too; that is the price.
+digits (ASCII or full-width, a single space or dash allowed between them: 6721, 67 21,
+６７２１, 138-0000-6721) become ****. Ports and years in log lines are masked too; that is the price.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 MASK = "****"
 DIGIT = "[0-9０-９]"
-DIGIT_RUN = re.compile(rf"(?<!{DIGIT}){DIGIT}(?:[ \u3000]?{DIGIT}){{3,}}(?!{DIGIT})")
+DIGIT_RUN = re.compile(rf"(?<!{DIGIT}){DIGIT}(?:[ \u3000-]?{DIGIT}){{3,}}(?!{DIGIT})")
 
 
 def mask_digits(text: str) -> str:

@@ -26,7 +26,7 @@ TERMINAL_ID_RE = re.compile(r"[0-9A-Za-z]{8}")
 
 
 def _digits(run: str) -> str:
-    return "".join(unicodedata.normalize("NFKC", run).split())
+    return "".join(unicodedata.normalize("NFKC", run).replace("-", " ").split())
 
 
 def _masked_run(run: str, requested: Optional[str]) -> bool:

@@ -63,10 +63,14 @@ wait_for "http://localhost:${ACTION_PORT}/health" actions "${pids[0]}"
 wait_for "http://localhost:${RASA_PORT}/" rasa "${pids[1]}"
 wait_for "http://localhost:${WEB_PORT}/" web "${pids[2]}"
 
+if [ -n "${REST_JWT_SECRET:-}" ]; then REST_MODE="a JWT for the sender is required"
+elif [ "${REST_OPEN:-}" = "1" ]; then REST_MODE="open to anyone: REST_OPEN=1, for development only"
+else REST_MODE="this machine only; set REST_JWT_SECRET to expose it"; fi
 cat <<MSG
 拉卡拉客服助手 is running.
   Chat:   http://localhost:${WEB_PORT}/
   REST:   curl -s localhost:${RASA_PORT}/webhooks/rest/webhook -d '{"sender":"me","message":"押金能退吗"}'
+          (${REST_MODE})
   Logs:   var/rasa.log, var/actions.log, var/web.log
 Press Ctrl-C to stop.
 MSG

@@ -33,9 +33,9 @@ TAIL_FULL_WIDTH = "我的手机尾号是６７２１"
 EMAIL = "我邮箱zhang.san@qq.com"
 MASKED = {  # what the review may show of the texts that hold personal details
     "30091254": "<terminal_id>",
-    "13800006721": "<mobile>",
-    "6721": "<number>",  # stored as **** by the tracker store
-    VERIFY[4]: "我手机号是<mobile>，尾号<number>",
+    "13800006721": "<number>",  # phone numbers and tails are stored as **** by the tracker store
+    "6721": "<number>",
+    VERIFY[4]: "我手机号是<number>，尾号<number>",
     TAIL_FULL_WIDTH: "我的手机尾号是<number>",
     EMAIL: "我邮箱<email>",
 }
