@@ -34,13 +34,17 @@ def max_request_bytes() -> int:
     return kilobytes * 1024
 
 
-def cap_request_size(blueprint: Blueprint) -> Blueprint:
-    """Make the server refuse (413) a larger body before reading it; Sanic's own limit is 100 MB."""
+def guard_server(blueprint: Blueprint) -> Blueprint:
+    """Before the server starts: refuse (413) a body over the cap before reading it (Sanic's
+    own limit is 100 MB), and put the per-client rate limits in front of the channels."""
 
-    async def cap(app: Any, *_: Any) -> None:
+    async def guard(app: Any, *_: Any) -> None:
+        from lakala_server import ratelimit  # it needs is_loopback from here
+
         app.config.REQUEST_MAX_SIZE = min(app.config.REQUEST_MAX_SIZE, max_request_bytes())
+        ratelimit.install(app)
 
-    blueprint.listener("before_server_start")(cap)
+    blueprint.listener("before_server_start")(guard)
     return blueprint
 
 
@@ -95,4 +99,4 @@ class SafeRestInput(RestInput):
         blueprint = super().blueprint(never_silent(on_new_message))
         # The model is loaded before the server starts (Rasa's before_server_start listener).
         blueprint.listener("after_server_start")(speedups.freeze_loaded_objects)
-        return cap_request_size(blueprint)
+        return guard_server(blueprint)

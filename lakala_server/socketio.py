@@ -7,7 +7,7 @@ from rasa.core.channels.channel import UserMessage
 from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
-from lakala_server.channels import cap_request_size, max_request_bytes
+from lakala_server.channels import guard_server, max_request_bytes
 from lakala_server.fallback import never_silent
 
 DEFAULT_ALLOWED_ORIGINS = "http://localhost:8080,http://127.0.0.1:8080"
@@ -48,4 +48,4 @@ class SafeSocketIOInput(SocketIOInput):
         self.sio.eio.cors_allowed_origins = self.cors_allowed_origins
         # engine.io accepts 1 MB per message by default; the server's request cap applies here too.
         self.sio.eio.max_http_buffer_size = max_request_bytes()
-        return cap_request_size(blueprint)
+        return guard_server(blueprint)

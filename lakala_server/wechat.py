@@ -34,7 +34,7 @@ from wechatpy.messages import BaseMessage
 from wechatpy.utils import WeChatSigner
 
 from lakala_server import fallback
-from lakala_server.channels import cap_request_size
+from lakala_server.channels import guard_server
 from lakala_server.typed_buttons import normalized
 from lakala_server.wechat_api import CustomerServiceClient, WeChatAPIError, split_text
 
@@ -599,7 +599,7 @@ class WeChatInput(InputChannel):
                 return response.text(ACK)
             return self._passive_reply(reply, inbound)
 
-        cap_request_size(wechat_webhook)
+        guard_server(wechat_webhook)
 
         @wechat_webhook.listener("after_server_stop")
         async def close(*_: Any) -> None:

@@ -1,0 +1,102 @@
+"""Per-client rate limits in front of the REST and web-chat channels.
+
+Each client gets RATE_LIMIT_PER_MINUTE messages a minute (default 30), refilled evenly,
+with as large a burst; over that, REST answers 429 with the polite `utter_rate_limited`
+text from domain.yml and socket.io refuses the request. A client is its IP address; a
+request from this machine that carries X-Forwarded-For comes through a local proxy
+(nginx), and the address the proxy appended is the client. Other requests from this
+machine (make run's curl, the benchmark, the tests) are not limited. WeChat is not limited
+here: its requests come from Tencent's few addresses and are signed.
+
+The buckets are kept in memory, at most MAX_CLIENTS of them (the least recently seen go
+first), so each server process limits on its own.
+"""
+import functools
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Any, Dict, Optional, Tuple
+
+import yaml
+from sanic import response
+from sanic.request import Request
+from sanic.response import HTTPResponse
+
+from lakala_server import fallback
+from lakala_server.channels import is_loopback
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PER_MINUTE = 30.0
+MAX_CLIENTS = 50_000
+LIMITED_PREFIXES = ("/webhooks/rest/", "/socket.io/")
+RESPONSE = "utter_rate_limited"
+
+
+def per_minute() -> float:
+    raw = os.environ.get("RATE_LIMIT_PER_MINUTE", "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_PER_MINUTE
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        logger.warning("Ignoring invalid RATE_LIMIT_PER_MINUTE=%r; using %s", raw, DEFAULT_PER_MINUTE)
+        value = DEFAULT_PER_MINUTE
+    return value
+
+
+class TokenBuckets:
+    """`rate` tokens a minute per key, at most `rate` saved up; bounded in size."""
+
+    def __init__(self, rate_per_minute: float, max_keys: int = MAX_CLIENTS) -> None:
+        self.capacity = rate_per_minute
+        self.per_second = rate_per_minute / 60.0
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, Tuple[float, float]] = OrderedDict()
+
+    def allow(self, key: str, now: Optional[float] = None) -> bool:
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.pop(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.per_second)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+def client_of(request: Any) -> Optional[str]:
+    """The client a request counts against, or None for this machine's own tools."""
+    peer = request.ip or ""
+    if not is_loopback(peer):
+        return peer
+    forwarded = request.headers.get("X-Forwarded-For") or ""
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    return hops[-1] if hops else None
+
+
+@functools.lru_cache(maxsize=1)
+def limited_message() -> Dict[str, Any]:
+    domain = yaml.safe_load(fallback.DOMAIN_FILE.read_text(encoding="utf-8"))
+    return {"text": domain["responses"][RESPONSE][0]["text"]}
+
+
+def install(app: Any) -> None:
+    """Adds the limit to a Sanic app (idempotent)."""
+    if getattr(app.ctx, "lakala_rate_limit", None) is not None:
+        return
+    buckets = TokenBuckets(per_minute())
+    app.ctx.lakala_rate_limit = buckets
+
+    async def limit(request: Request) -> Optional[HTTPResponse]:
+        if request.method == "OPTIONS" or not request.path.startswith(LIMITED_PREFIXES):
+            return None
+        client = client_of(request)
+        if client is None or buckets.allow(client):
+            return None
+        if request.path.startswith("/webhooks/rest/"):
+            return response.json([{"recipient_id": "", **limited_message()}], status=429)
+        return response.text("rate limited", status=429)
+
+    app.register_middleware(limit, "request")
