@@ -67,12 +67,17 @@ def typed_button_payload(tracker: DialogueStateTracker, text: Optional[str]) -> 
 COMMAND_PREFIX = "/"
 # Channels that let a "/…" through only from their own options or menu.
 CHANNELS_FILTERING_PAYLOADS = frozenset({"wechat"})
+# The web chat opens every conversation with this payload (web/lakala-chat.js initPayload), as
+# WeChat does on follow; a greeting changes nothing, so it is accepted from anyone.
+HARMLESS_PAYLOADS = frozenset({"/greet"})
 
 
 def refused_command(tracker: Optional[DialogueStateTracker], message: UserMessage) -> bool:
     """Whether `message` is a typed "/…" that is not the payload of a button just offered."""
     text = (message.text or "").strip()
     if not text.startswith(COMMAND_PREFIX) or message.input_channel in CHANNELS_FILTERING_PAYLOADS:
+        return False
+    if text in HARMLESS_PAYLOADS:
         return False
     offered = offered_buttons(tracker.events) if tracker is not None else []
     return all(str(button.get("payload") or "").strip() != text for button in offered)

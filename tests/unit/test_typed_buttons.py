@@ -87,10 +87,13 @@ def test_the_server_parses_the_payload_and_keeps_the_typed_words():
 
 def test_a_typed_command_is_read_as_words_unless_it_is_an_offered_payload():
     processor = RecordingProcessor()
-    for command in ["/restart", "/back", " /session_start ", "/greet", '/inform{"phone_tail": "6721"}', "/"]:
+    for command in ["/restart", "/back", " /session_start ", "/deny_all", '/inform{"phone_tail": "6721"}', "/"]:
         parse_data = asyncio.run(processor.parse_message(UserMessage(command, input_channel="rest"), after_question()))
         assert not processor.parsed[-1].startswith("/"), command
         assert parse_data["text"] == command.strip()
+    # The web chat opens every conversation with /greet; a greeting resets nothing.
+    asyncio.run(processor.parse_message(UserMessage("/greet", input_channel="socketio")))
+    assert processor.parsed[-1] == "/greet"
     # The web widget sends a clicked button's payload: that is exactly an offered payload.
     asyncio.run(processor.parse_message(UserMessage("/deny", input_channel="socketio"), after_question()))
     assert processor.parsed[-1] == "/deny"
