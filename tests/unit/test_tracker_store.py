@@ -260,6 +260,12 @@ def test_default_is_var_tracker_db_in_the_working_directory(
     assert count_events(f"sqlite:///{tmp_path / 'var' / 'tracker.db'}", "events", sender_id) > 0
 
 
+def test_endpoints_yml_sends_the_action_server_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACTION_SERVER_TOKEN", "token-from-var-secrets-env")
+    config = read_endpoint_config(str(REPO_ROOT / "endpoints.yml"), "action_endpoint")
+    assert config.token == "token-from-var-secrets-env"  # expanded, not the literal ${...}
+
+
 def test_endpoints_yml_selects_this_store(domain: Domain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'endpoint.db'}"
     monkeypatch.setenv("TRACKER_DB_URL", url)
