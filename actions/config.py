@@ -74,13 +74,15 @@ def _timeout_from_env(raw: str | None) -> float:
     return value
 
 
-def _positive_from_env(name: str, default: float) -> float:
+def number_from_env(name: str, default: float, *, allow_zero: bool = False) -> float:
+    """A positive number (or zero, when allowed) from the environment; the default, with a
+    warning, when the value is missing or invalid. Every numeric setting of both servers."""
     raw = os.environ.get(name, "").strip()
     try:
         value = float(raw) if raw else default
     except ValueError:
         value = -1.0
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         logger.warning("Ignoring invalid %s=%r; using %s", name, raw, default)
         return default
     return value
@@ -94,6 +96,6 @@ def get_settings() -> Settings:
         terminal_db_url=url or default_db_url(),
         db_timeout_seconds=_timeout_from_env(os.environ.get("DB_TIMEOUT_SECONDS")),
         uses_default_db=not url,
-        lock_failures=int(_positive_from_env("TERMINAL_LOCK_FAILURES", DEFAULT_LOCK_FAILURES)),
-        lock_minutes=_positive_from_env("TERMINAL_LOCK_MINUTES", DEFAULT_LOCK_MINUTES),
+        lock_failures=int(number_from_env("TERMINAL_LOCK_FAILURES", DEFAULT_LOCK_FAILURES)),
+        lock_minutes=number_from_env("TERMINAL_LOCK_MINUTES", DEFAULT_LOCK_MINUTES),
     )

@@ -30,6 +30,7 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 
 from actions import log_masking
+from actions.config import number_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +42,7 @@ OPEN_PATHS = frozenset({"/health"})
 
 
 def _max_body_bytes() -> int:
-    raw = os.environ.get("ACTION_SERVER_MAX_BODY_KB", "").strip()
-    try:
-        kilobytes = int(raw) if raw else DEFAULT_MAX_BODY_KB
-    except ValueError:
-        kilobytes = 0
-    if kilobytes <= 0:
-        logger.warning("Ignoring invalid ACTION_SERVER_MAX_BODY_KB=%r; using %s", raw, DEFAULT_MAX_BODY_KB)
-        kilobytes = DEFAULT_MAX_BODY_KB
-    return kilobytes * 1024
+    return int(number_from_env("ACTION_SERVER_MAX_BODY_KB", DEFAULT_MAX_BODY_KB)) * 1024
 
 
 def inflated_size_within(body: bytes, limit: int) -> bool:

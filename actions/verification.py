@@ -17,6 +17,8 @@ import secrets
 import time
 from typing import Any, Optional
 
+from actions.config import number_from_env
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TTL_MINUTES = 30.0
@@ -38,15 +40,7 @@ def _secret() -> bytes:
 
 
 def ttl_seconds() -> float:
-    raw = os.environ.get("VERIFICATION_TTL_MINUTES", "").strip()
-    try:
-        minutes = float(raw) if raw else DEFAULT_TTL_MINUTES
-    except ValueError:
-        minutes = -1.0
-    if minutes <= 0:
-        logger.warning("Ignoring invalid VERIFICATION_TTL_MINUTES=%r; using %s", raw, DEFAULT_TTL_MINUTES)
-        minutes = DEFAULT_TTL_MINUTES
-    return minutes * 60
+    return number_from_env("VERIFICATION_TTL_MINUTES", DEFAULT_TTL_MINUTES) * 60
 
 
 def _mac(terminal_id: str, sender_id: str, expires: int) -> str:

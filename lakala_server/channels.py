@@ -21,6 +21,7 @@ from sanic import Blueprint
 from sanic.exceptions import Forbidden, InvalidUsage, Unauthorized
 from sanic.request import Request
 
+from actions.config import number_from_env
 from lakala_server import speedups
 from lakala_server.fallback import never_silent
 
@@ -29,9 +30,7 @@ DEFAULT_MAX_REQUEST_KB = 64
 
 def max_request_bytes() -> int:
     """MAX_REQUEST_KB (default 64): the largest request body the Rasa server reads."""
-    raw = os.environ.get("MAX_REQUEST_KB", "").strip()
-    kilobytes = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_REQUEST_KB
-    return kilobytes * 1024
+    return int(number_from_env("MAX_REQUEST_KB", DEFAULT_MAX_REQUEST_KB)) * 1024
 
 
 def guard_server(blueprint: Blueprint) -> Blueprint:

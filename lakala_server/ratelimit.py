@@ -13,7 +13,6 @@ first), so each server process limits on its own.
 """
 import functools
 import logging
-import os
 import time
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple
@@ -23,6 +22,7 @@ from sanic import response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
+from actions.config import number_from_env
 from lakala_server import fallback
 from lakala_server.channels import is_loopback
 
@@ -35,15 +35,7 @@ RESPONSE = "utter_rate_limited"
 
 
 def per_minute() -> float:
-    raw = os.environ.get("RATE_LIMIT_PER_MINUTE", "").strip()
-    try:
-        value = float(raw) if raw else DEFAULT_PER_MINUTE
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        logger.warning("Ignoring invalid RATE_LIMIT_PER_MINUTE=%r; using %s", raw, DEFAULT_PER_MINUTE)
-        value = DEFAULT_PER_MINUTE
-    return value
+    return number_from_env("RATE_LIMIT_PER_MINUTE", DEFAULT_PER_MINUTE)
 
 
 class TokenBuckets:

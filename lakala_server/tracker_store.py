@@ -35,7 +35,7 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.shared.nlu.constants import INTENT_NAME_KEY
 from sqlalchemy.orm import sessionmaker
 
-from actions.config import private_sqlite_file
+from actions.config import number_from_env, private_sqlite_file
 from lakala_server.redaction import redact
 from lakala_server.speedups import dumps
 
@@ -51,15 +51,7 @@ logger = logging.getLogger(__name__)
 
 def retention_days() -> float:
     """TRACKER_RETENTION_DAYS: how long a finished conversation is kept; 0 keeps them all."""
-    raw = os.environ.get("TRACKER_RETENTION_DAYS", "").strip()
-    try:
-        days = float(raw) if raw else DEFAULT_RETENTION_DAYS
-    except ValueError:
-        days = -1.0
-    if days < 0:
-        logger.warning("Ignoring invalid TRACKER_RETENTION_DAYS=%r; using %s", raw, DEFAULT_RETENTION_DAYS)
-        days = DEFAULT_RETENTION_DAYS
-    return days
+    return number_from_env("TRACKER_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, allow_zero=True)
 
 
 def tracker_db_url() -> str:
