@@ -15,7 +15,8 @@ others: the slowest answers come sooner, the quickest a little later.
 
 No message waits longer than MAX_WAIT_S for a slot: if the messages in progress hang (an
 action server that does not answer), the others go ahead anyway, as they would without
-this. Messages from the same sender are still handled one at a time by Rasa's lock store,
+this. At most MAX_WAITING messages wait; one more goes ahead at once, so a flood from many
+clients cannot grow the queue. Messages from the same sender are still handled one at a time by Rasa's lock store,
 which is taken first, so a sender's second message does not hold a slot while it waits.
 """
 import asyncio
@@ -29,6 +30,7 @@ from rasa.core.processor import MessageProcessor
 
 SLOTS = 3
 MAX_WAIT_S = 1.0
+MAX_WAITING = 1000
 
 T = TypeVar("T")
 
@@ -36,10 +38,11 @@ T = TypeVar("T")
 class FifoSlots:
     """A semaphore whose waiters get the freed slot in arrival order; nobody barges in."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_waiting: int = MAX_WAITING) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
         self.free = size
+        self.max_waiting = max_waiting
         self._waiters: Deque[asyncio.Future] = collections.deque()
 
     @property
@@ -47,10 +50,13 @@ class FifoSlots:
         return sum(1 for waiter in self._waiters if not waiter.done())
 
     async def acquire(self, timeout: float) -> bool:
-        """True once a slot is held (release it), False if none came within `timeout` s."""
+        """True once a slot is held (release it), False if none came within `timeout` s
+        or the queue is full."""
         if self.free > 0:  # free slots mean nobody is waiting: release hands them on
             self.free -= 1
             return True
+        if len(self._waiters) >= self.max_waiting:
+            return False
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append(waiter)

@@ -153,3 +153,22 @@ def test_waiters_that_gave_up_are_not_left_queued() -> None:
         assert pool.free == 1
 
     asyncio.run(scenario())
+
+
+def test_a_full_queue_lets_the_next_message_go_ahead_at_once() -> None:
+    async def scenario() -> None:
+        pool = FifoSlots(1, max_waiting=3)
+        assert await pool.acquire(1.0)  # held by a message that hangs
+        queued = [asyncio.create_task(pool.acquire(5.0)) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert pool.waiting == 3
+        started = time.monotonic()
+        assert not await pool.acquire(5.0)  # not queued: it goes ahead without a slot
+        assert time.monotonic() - started < 0.1 and pool.waiting == 3
+        pool.release()  # the queued ones still get the slot in order
+        assert await queued[0]
+        for task in queued[1:]:
+            task.cancel()
+        await asyncio.gather(*queued[1:], return_exceptions=True)
+
+    asyncio.run(scenario())
