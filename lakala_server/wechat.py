@@ -65,6 +65,7 @@ APPSECRET_RE = re.compile(r"[0-9A-Za-z]{32}")
 OPENID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 OPTION_NUMBER_RE = re.compile(r"[0-9]{1,3}")
 
+WECHAT_PREFIX = "wechat:"
 OPTION_RESPONSE = "utter_wechat_option"
 UNSUPPORTED_RESPONSE = "utter_wechat_unsupported"
 VOICE_UNRECOGNIZED_RESPONSE = "utter_wechat_voice_unrecognized"
@@ -436,7 +437,9 @@ class WeChatInput(InputChannel):
             return text
         output = WeChatOutput()
         metadata = {"wechat": {"msg_type": inbound.msg_type, "event": inbound.event or None}}
-        message = UserMessage(text, output, inbound.openid, input_channel=self.name(), metadata=metadata)
+        # Stored as `wechat:<openid>`: no other channel can address a WeChat conversation.
+        sender = WECHAT_PREFIX + inbound.openid
+        message = UserMessage(text, output, sender, input_channel=self.name(), metadata=metadata)
         try:
             if kind == "reset":
                 self._options.pop(inbound.openid)

@@ -6,10 +6,12 @@ import re
 import urllib.request
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
+from urllib.parse import quote
 
 import pytest
 
 from lakala_server import fallback
+from lakala_server.wechat import WECHAT_PREFIX
 from scripts.wechat_sim import FakeWeChatAPI, WeChatSimulator
 from tests.e2e.servers import BIN, MODEL, ROOT, Bot, Process, free_port
 
@@ -64,8 +66,9 @@ class AgentServer:
                                [str(BIN / "python"), "-m", "tests.wechat.fake_agent", str(self.port)],
                                env, workdir, f"http://127.0.0.1:{self.port}/webhooks/wechat/")
 
-    def received(self, sender: str) -> List[Dict]:
-        url = f"http://127.0.0.1:{self.port}/test/received?sender={sender}"
+    def received(self, openid: str) -> List[Dict]:
+        """What the bot behind the channel received from this WeChat user."""
+        url = f"http://127.0.0.1:{self.port}/test/received?sender={quote(WECHAT_PREFIX + openid)}"
         with urllib.request.urlopen(url, timeout=5) as answer:
             return json.loads(answer.read())
 

@@ -193,7 +193,7 @@ def test_text_in_every_encryption_mode(request, account, mode):
     encrypted = b"<Encrypt>" in outcome.attempts[-1].body
     assert encrypted == (mode != "plain")
     assert [m["text"] for m in agent.received(openid)] == ["押金能退吗"]
-    assert agent.received(openid)[0]["sender"] == openid
+    assert agent.received(openid)[0]["sender"] == "wechat:" + openid  # stored apart from other channels
 
 
 def test_reply_text_that_looks_like_xml_survives(agent):

@@ -26,10 +26,10 @@ def said_texts(outcome) -> List[str]:
     return split_reply(outcome.reply)[0]
 
 
-def tracker_events(bot, sender: str, type_name: str) -> List[str]:
+def tracker_events(bot, openid: str, type_name: str) -> List[str]:
     with sqlite3.connect(bot.workdir / "tracker.db") as conn:
         rows = conn.execute("SELECT data FROM events WHERE sender_id = ? AND type_name = ? ORDER BY id",
-                            (sender, type_name)).fetchall()
+                            ("wechat:" + openid, type_name)).fetchall()
     return [row[0] for row in rows]
 
 
