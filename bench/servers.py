@@ -32,6 +32,7 @@ def free_port() -> int:
 # One action-server token and verification secret for the whole benchmark run.
 ACTION_TOKEN = secrets.token_urlsafe(24)
 VERIFICATION_SECRET = secrets.token_urlsafe(24)
+WEB_SESSION_SECRET = secrets.token_urlsafe(24)
 
 
 def base_env(**extra: str) -> Dict[str, str]:
@@ -39,6 +40,7 @@ def base_env(**extra: str) -> Dict[str, str]:
     env.update(
         ACTION_SERVER_TOKEN=ACTION_TOKEN,
         VERIFICATION_SECRET=VERIFICATION_SECRET,
+        WEB_SESSION_SECRET=WEB_SESSION_SECRET,
         RASA_TELEMETRY_ENABLED="false",
         TF_CPP_MIN_LOG_LEVEL="2",
         SQLALCHEMY_SILENCE_UBER_WARNING="1",

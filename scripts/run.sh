@@ -12,21 +12,21 @@ export WEB_PORT RASA_SOCKET_URL=${RASA_SOCKET_URL:-http://localhost:${RASA_PORT}
 export WEB_ALLOWED_ORIGINS=${WEB_ALLOWED_ORIGINS:-http://localhost:${WEB_PORT},http://127.0.0.1:${WEB_PORT}}
 mkdir -p var
 
-# Secrets: ACTION_SERVER_TOKEN (Rasa -> action server) and VERIFICATION_SECRET (signs the
-# verified-terminal marker). Taken from the environment when set; otherwise generated once
-# into var/secrets.env (owner-only) and reused, so a restart keeps conversations verified.
-if [ -z "${ACTION_SERVER_TOKEN:-}" ] || [ -z "${VERIFICATION_SECRET:-}" ]; then
-  if [ ! -s var/secrets.env ]; then
-    (umask 077
-     printf 'ACTION_SERVER_TOKEN=%s\nVERIFICATION_SECRET=%s\n' \
-       "$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))')" \
-       "$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))')" > var/secrets.env)
+# Secrets: ACTION_SERVER_TOKEN (Rasa -> action server), VERIFICATION_SECRET (signs the
+# verified-terminal marker) and WEB_SESSION_SECRET (signs web-chat session ids). Taken from the
+# environment when set; otherwise generated once into var/secrets.env (owner-only) and reused,
+# so a restart keeps conversations verified and web chats connected.
+SECRETS=(ACTION_SERVER_TOKEN VERIFICATION_SECRET WEB_SESSION_SECRET)
+(umask 077; touch var/secrets.env)
+for name in "${SECRETS[@]}"; do
+  if [ -z "${!name:-}" ] && ! grep -q "^${name}=" var/secrets.env; then
+    printf '%s=%s\n' "$name" "$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))')" >> var/secrets.env
   fi
-  while IFS='=' read -r name value; do
-    [ -z "${!name:-}" ] && export "$name=$value"
-  done < var/secrets.env
-fi
-export ACTION_SERVER_TOKEN VERIFICATION_SECRET
+done
+while IFS='=' read -r name value; do
+  [ -n "$name" ] && [ -z "${!name:-}" ] && export "$name=$value"
+done < var/secrets.env
+export "${SECRETS[@]}"
 
 pids=()
 stop() {

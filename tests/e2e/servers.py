@@ -91,6 +91,7 @@ class Bot:
             SEED_DEMO_TERMINALS="1",  # a configured database gets the demo terminals only when asked
             ACTION_SERVER_TOKEN=secrets.token_urlsafe(24),
             VERIFICATION_SECRET=secrets.token_urlsafe(24),
+            WEB_SESSION_SECRET=secrets.token_urlsafe(24),
         )
         env.update(extra_env or {})
         self.env = env
