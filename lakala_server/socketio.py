@@ -118,8 +118,23 @@ class SafeSocketIOInput(SocketIOInput):
         self.sio.eio.cors_allowed_origins = self.cors_allowed_origins
         # engine.io accepts 1 MB per message by default; the server's request cap applies here too.
         self.sio.eio.max_http_buffer_size = max_request_bytes()
+        self._quiet_websocket_close()
         self._bind_sessions()
         return guard_server(blueprint)
+
+    def _quiet_websocket_close(self) -> None:
+        """engine.io's handler returns None when a WebSocket closes, and Sanic 21.12 logs that as
+        a server error with a traceback, once for every visitor who leaves (sanic-org/sanic#2572).
+        Sanic accepts None from a handler marked `is_websocket`; engine.io's route is created
+        from `eio.handle_request` when the blueprint is registered, so this marked one is used."""
+        assert self.sio is not None
+        handle = self.sio.eio.handle_request
+
+        async def handle_request(*args: Any, **kwargs: Any) -> Any:
+            return await handle(*args, **kwargs)
+
+        handle_request.is_websocket = True  # type: ignore[attr-defined]
+        self.sio.eio.handle_request = handle_request
 
     def _bind_sessions(self) -> None:
         """Replaces Rasa's session_request and wraps its message handler (module docstring)."""

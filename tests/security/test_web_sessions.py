@@ -137,3 +137,18 @@ def test_a_flood_over_one_websocket_is_slowed_down_politely(bot):
     limited = texts.count(render("utter_rate_limited"))
     assert 9 <= limited <= 11  # the default: 30 a minute, as a burst; one back every 2 s
     assert sum(said([text], "utter_greet") for text in texts) >= 29  # the rest were answered
+
+
+def test_visitors_leaving_leave_no_errors_in_the_log(bot):
+    async def come_and_go() -> None:
+        for _ in range(3):
+            visitor = Visitor(bot)
+            await visitor.join()
+            assert said(await visitor.say("你好"), "utter_greet")
+            await visitor.close()
+        await asyncio.sleep(1)
+
+    run(come_and_go())
+    log = bot.rasa.log_path.read_text(encoding="utf-8", errors="replace")
+    # Sanic logs a closed engine.io WebSocket as a server error unless told it is one.
+    assert "Invalid response type" not in log and "Exception occurred while handling uri" not in log
