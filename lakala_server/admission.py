@@ -26,8 +26,6 @@ import functools
 import weakref
 from typing import Any, Awaitable, Callable, Deque, Optional, TypeVar
 
-from rasa.core.processor import MessageProcessor
-
 SLOTS = 3
 MAX_WAIT_S = 1.0
 MAX_WAITING = 1000
@@ -120,11 +118,4 @@ def admitted(
             if held:
                 pool.release()
 
-    run.__wrapped_by_lakala__ = True  # type: ignore[attr-defined]
     return run
-
-
-def install() -> None:
-    """Idempotent; called when the server imports lakala_server."""
-    if not getattr(MessageProcessor.handle_message, "__wrapped_by_lakala__", False):
-        MessageProcessor.handle_message = admitted(MessageProcessor.handle_message)  # type: ignore[method-assign]

@@ -21,8 +21,9 @@ from sanic import Blueprint
 from sanic.exceptions import Forbidden, InvalidUsage, Unauthorized
 from sanic.request import Request
 
+from actions import log_masking
 from actions.config import number_from_env
-from lakala_server import speedups
+from lakala_server import patches
 from lakala_server.fallback import never_silent
 
 DEFAULT_MAX_REQUEST_KB = 64
@@ -34,16 +35,33 @@ def max_request_bytes() -> int:
 
 
 def guard_server(blueprint: Blueprint) -> Blueprint:
-    """Before the server starts: refuse (413) a body over the cap before reading it (Sanic's
-    own limit is 100 MB), and put the per-client rate limits in front of the channels."""
+    """The start hook every channel of this project registers; the first to run does the work.
 
-    async def guard(app: Any, *_: Any) -> None:
+    Before the server starts (and before Rasa loads the model): mask digit runs in every log
+    line, install the Rasa patches (lakala_server/patches, which refuse a Rasa version they
+    were not written for), refuse (413) a body over the cap before reading it (Sanic's own
+    limit is 100 MB), and put the per-client rate limits in front of the channels. After it
+    has started: freeze what start-up loaded out of the garbage collector's sight."""
+
+    async def before_start(app: Any, *_: Any) -> None:
+        if getattr(app.ctx, "lakala_started", False):
+            return
+        app.ctx.lakala_started = True
         from lakala_server import ratelimit  # it needs is_loopback from here
 
+        log_masking.install()
+        patches.install()
         app.config.REQUEST_MAX_SIZE = min(app.config.REQUEST_MAX_SIZE, max_request_bytes())
         ratelimit.install(app)
 
-    blueprint.listener("before_server_start")(guard)
+    async def after_start(app: Any, *_: Any) -> None:
+        if getattr(app.ctx, "lakala_frozen", False):
+            return
+        app.ctx.lakala_frozen = True
+        await patches.freeze_loaded_objects()
+
+    blueprint.listener("before_server_start")(before_start)
+    blueprint.listener("after_server_start")(after_start)
     return blueprint
 
 
@@ -95,7 +113,4 @@ class SafeRestInput(RestInput):
     def blueprint(
         self, on_new_message: Callable[[UserMessage], Awaitable[Any]]
     ) -> Blueprint:
-        blueprint = super().blueprint(never_silent(on_new_message))
-        # The model is loaded before the server starts (Rasa's before_server_start listener).
-        blueprint.listener("after_server_start")(speedups.freeze_loaded_objects)
-        return guard_server(blueprint)
+        return guard_server(super().blueprint(never_silent(on_new_message)))

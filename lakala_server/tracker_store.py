@@ -36,8 +36,8 @@ from rasa.shared.nlu.constants import INTENT_NAME_KEY
 from sqlalchemy.orm import sessionmaker
 
 from actions.config import number_from_env, private_sqlite_file
+from lakala_server.json_codec import dumps
 from lakala_server.redaction import redact
-from lakala_server.speedups import dumps
 
 DEFAULT_SQLITE_PATH = Path("var") / "tracker.db"
 # How many of a tracker's events are already in the database (set on read and save).

@@ -6,7 +6,8 @@ another intent; the bot itself offered the words, so it should understand them e
 Before the NLU runs, the text is compared with the titles of the buttons the bot sent since
 the user's last message; on a match the button's payload is parsed instead, as a click
 would send it. The user's own words stay in the conversation. Anything else goes to the
-NLU as before. WeChat also accepts an option's number (lakala_server/wechat.py).
+NLU as before. WeChat also accepts an option's number (lakala_server/wechat.py). The rule
+is applied before the NLU by lakala_server/patches/typed_commands.py.
 
 The other way round, a typed "/intent" (Rasa's payload syntax: /restart, /back,
 /session_start, /affirm) counts as a click only when it is exactly the payload of a button
@@ -14,12 +15,10 @@ just offered. Anything else starting with "/" is read as words, so a user cannot
 undo or answer the conversation by typing commands. The WeChat channel sends only payloads
 of offered options and of the operator's menu, and refuses typed ones itself.
 """
-import copy
 import functools
 from typing import Any, Dict, List, Optional, Reversible
 
 from rasa.core.channels.channel import UserMessage
-from rasa.core.processor import MessageProcessor
 from rasa.shared.core.events import BotUttered, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 
@@ -81,33 +80,3 @@ def refused_command(tracker: Optional[DialogueStateTracker], message: UserMessag
         return False
     offered = offered_buttons(tracker.events) if tracker is not None else []
     return all(str(button.get("payload") or "").strip() != text for button in offered)
-
-
-_parse_message = MessageProcessor.parse_message
-
-
-async def _parse_message_with_buttons(
-    self: MessageProcessor,
-    message: UserMessage,
-    tracker: Optional[DialogueStateTracker] = None,
-    only_output_properties: bool = True,
-) -> Dict[str, Any]:
-    if refused_command(tracker, message):
-        as_words = copy.copy(message)
-        as_words.text = (message.text or "").strip().lstrip(COMMAND_PREFIX).strip() or "？"
-        parse_data = await _parse_message(self, as_words, tracker, only_output_properties)
-        parse_data["text"] = message.text
-        return parse_data
-    payload = typed_button_payload(tracker, message.text) if tracker is not None else None
-    if payload is None:
-        return await _parse_message(self, message, tracker, only_output_properties)
-    clicked = copy.copy(message)
-    clicked.text = payload
-    parse_data = await _parse_message(self, clicked, tracker, only_output_properties)
-    parse_data["text"] = message.text
-    return parse_data
-
-
-def install() -> None:
-    """Idempotent; called when the server imports lakala_server."""
-    MessageProcessor.parse_message = _parse_message_with_buttons  # type: ignore[method-assign]

@@ -6,15 +6,17 @@ from typing import List
 import pytest
 from rasa.core.processor import MessageProcessor
 
-import lakala_server  # noqa: F401  installs the admission, as in the server
-from lakala_server import admission
+from lakala_server import admission, patches
 from lakala_server.admission import FifoSlots, admitted
+from lakala_server.patches import admission as admission_patch
 
 
 def test_the_server_handles_messages_through_the_slots() -> None:
-    assert getattr(MessageProcessor.handle_message, "__wrapped_by_lakala__", False)
+    patches.install()  # as the server's start hook does
     wrapped = MessageProcessor.handle_message
-    admission.install()  # a second import changes nothing
+    assert wrapped is not admission_patch.RASA_HANDLE_MESSAGE
+    assert wrapped.__wrapped__ is admission_patch.RASA_HANDLE_MESSAGE  # Rasa's own, in a slot
+    patches.install()  # a second call changes nothing
     assert MessageProcessor.handle_message is wrapped
 
 

@@ -6,8 +6,10 @@ from rasa.core.processor import MessageProcessor
 from rasa.shared.core.events import ActionExecuted, BotUttered, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 
-import lakala_server  # noqa: F401  (installs the hook, as the server's import does)
+from lakala_server import patches
 from lakala_server.typed_buttons import normalized, offered_buttons, typed_button_payload
+
+patches.install()  # as the server's start hook does: the processor below is Rasa's, patched
 
 CONFIRM = [{"title": "确认注销", "payload": "/affirm"}, {"title": "先不注销", "payload": "/deny"}]
 NEXT_STEPS = [{"title": "查询终端状态", "payload": "/check_terminal_status"}]

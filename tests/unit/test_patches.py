@@ -1,4 +1,4 @@
-"""The server speed-ups change how fast things run, never what they do."""
+"""The Rasa patches (lakala_server/patches) change how fast things run, never what they do."""
 import asyncio
 import json
 from pathlib import Path
@@ -16,8 +16,14 @@ from rasa.engine.storage.local_model_storage import LocalModelStorage
 from rasa.shared.core.domain import Domain
 from rasa.utils.endpoints import EndpointConfig
 
-import lakala_server  # noqa: F401  installs the speed-ups, as in the server
-from lakala_server import speedups
+from lakala_server import json_codec, patches
+from lakala_server.patches import action_session, domain_empty, event_classes, graph_runner
+from lakala_server.patches.action_result import action_response_validator, event_validators, is_valid_action_result
+
+
+@pytest.fixture(autouse=True, scope="module")
+def installed() -> None:
+    patches.install()  # as the server's start hook does
 
 VALID = [
     {"events": [], "responses": []},
@@ -61,13 +67,13 @@ SHAPES = VALID + INVALID + [
 
 @pytest.mark.parametrize("response", SHAPES)
 def test_fast_check_agrees_with_the_full_schema(response: Dict[str, Any]) -> None:
-    full = speedups.action_response_validator().is_valid(response)
-    assert speedups.event_validators() is not None  # the fast path is in use
-    assert speedups.is_valid_action_result(response) is full
+    full = action_response_validator().is_valid(response)
+    assert event_validators() is not None  # the fast path is in use
+    assert is_valid_action_result(response) is full
 
 
 def test_the_server_uses_the_sequential_runner() -> None:
-    assert rasa.core.processor.DaskGraphRunner is speedups.SequentialGraphRunner
+    assert rasa.core.processor.DaskGraphRunner is graph_runner.SequentialGraphRunner
 
 
 class Arithmetic(GraphComponent):
@@ -108,13 +114,13 @@ def run(runner_class: type, tmp_path: Path, targets: Any = None) -> Dict[str, An
 @pytest.mark.parametrize("targets", [["total"], ["summed", "doubled"], ["unused", "total"]])
 def test_sequential_runner_gives_what_dask_gives(tmp_path: Path, targets: Any) -> None:
     expected = run(DaskGraphRunner, tmp_path, targets)
-    assert run(speedups.SequentialGraphRunner, tmp_path, targets) == expected
+    assert run(graph_runner.SequentialGraphRunner, tmp_path, targets) == expected
     if "total" in targets:
         assert expected["total"] == 15
 
 
 def test_sequential_runner_reports_a_failing_component_like_dask(tmp_path: Path) -> None:
-    for runner_class in (DaskGraphRunner, speedups.SequentialGraphRunner):
+    for runner_class in (DaskGraphRunner, graph_runner.SequentialGraphRunner):
         with pytest.raises(GraphComponentException, match="node broken"):
             run(runner_class, tmp_path, ["broken"])
 
@@ -163,7 +169,7 @@ def test_an_idle_connection_is_dropped_before_the_action_server_drops_it() -> No
 
     from sanic.config import DEFAULT_CONFIG
 
-    assert speedups.KEEPALIVE_S < DEFAULT_CONFIG["KEEP_ALIVE_TIMEOUT"]
+    assert action_session.KEEPALIVE_S < DEFAULT_CONFIG["KEEP_ALIVE_TIMEOUT"]
     peers: list = []
 
     async def webhook(request: web.Request) -> web.Response:
@@ -175,7 +181,7 @@ def test_an_idle_connection_is_dropped_before_the_action_server_drops_it() -> No
         await endpoint.request(json={})
         await endpoint.request(json={})  # at once: the same connection
         started = time.monotonic()
-        while time.monotonic() - started < speedups.KEEPALIVE_S + 1.0:
+        while time.monotonic() - started < action_session.KEEPALIVE_S + 1.0:
             await asyncio.sleep(0.1)
         await endpoint.request(json={})
 
@@ -209,13 +215,14 @@ def test_action_server_calls_keep_headers_and_basic_auth() -> None:
     ids=["tracker-like", "wide-int", "int-key"],
 )
 def test_request_bodies_encode_the_same_values_as_json(value: Any) -> None:
-    assert json.loads(speedups.dumps(value)) == json.loads(json.dumps(value))
+    assert json.loads(json_codec.dumps(value)) == json.loads(json.dumps(value))
 
 
 def test_request_bodies_encode_numpy_numbers() -> None:
     import numpy as np
 
-    assert json.loads(speedups.dumps({"confidence": np.float32(0.5), "n": np.int64(3)})) == {"confidence": 0.5, "n": 3}
+    encoded = json_codec.dumps({"confidence": np.float32(0.5), "n": np.int64(3)})
+    assert json.loads(encoded) == {"confidence": 0.5, "n": 3}
 
 
 def test_event_classes_resolve_as_in_rasa() -> None:
@@ -224,7 +231,7 @@ def test_event_classes_resolve_as_in_rasa() -> None:
 
     for cls in all_subclasses(Event):
         for _ in range(2):  # the second lookup comes from the cache
-            assert Event.resolve_by_type(cls.type_name) is speedups._resolve_by_type(cls.type_name)
+            assert Event.resolve_by_type(cls.type_name) is event_classes.RASA_RESOLVE_BY_TYPE(cls.type_name)
     assert Event.resolve_by_type("no_such_event", default=Event) is Event
     assert Event.resolve_by_type("topic") is None
     with pytest.raises(ValueError, match="Unknown event name"):
@@ -241,16 +248,15 @@ def test_objects_loaded_before_the_server_starts_are_frozen_and_later_garbage_co
         return None
 
     blueprint = SafeRestInput().blueprint(on_message)
-    assert ("freeze_loaded_objects", "after_server_start") in [
-        (future.listener.__name__, future.event) for future in blueprint._future_listeners
-    ]
+    assert [(future.listener.__name__, future.event) for future in blueprint._future_listeners] == [
+        ("before_start", "before_server_start"), ("after_start", "after_server_start")]
 
     class Cycle:
         pass
 
     gc.unfreeze()
     try:
-        asyncio.run(speedups.freeze_loaded_objects(None, None))
+        asyncio.run(patches.freeze_loaded_objects(None, None))
         assert gc.get_freeze_count() > 1000  # this test process's modules, at least
         later = Cycle()
         later.self = later  # garbage in a reference cycle, made after the freeze
@@ -264,7 +270,7 @@ def test_objects_loaded_before_the_server_starts_are_frozen_and_later_garbage_co
 
 def test_domain_emptiness_is_rasas_answer() -> None:
     """The shortcut for a domain with responses gives Rasa's own answer on every domain."""
-    original = speedups._domain_is_empty
+    original = domain_empty.RASA_IS_EMPTY
     domains = [
         Domain.load(str(Path(__file__).resolve().parents[2] / "domain.yml")),
         Domain.empty(),
@@ -272,7 +278,7 @@ def test_domain_emptiness_is_rasas_answer() -> None:
         Domain.from_dict({"intents": ["greet"]}),
         Domain.from_dict({"responses": {"utter_greet": [{"text": "您好"}]}}),
     ]
-    assert Domain.is_empty is speedups._is_empty
+    assert Domain.is_empty is domain_empty._is_empty
     answers = [domain.is_empty() for domain in domains]
     assert answers == [original(domain) for domain in domains]
     assert answers == [False, True, True, False, False]
