@@ -1,5 +1,5 @@
 """Starts and stops the real action server and Rasa server for the benchmark, each in its own
-process group on a free local port, the same way tests/e2e/servers.py does for the tests."""
+process group on a free local port, the same way tests/support/servers.py does for the tests."""
 import json
 import os
 import secrets

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.wechat_sim import FakeWeChatAPI, WeChatSimulator, demo_settings  # noqa: E402
-from tests.e2e.servers import MODEL, Bot  # noqa: E402
+from tests.support.servers import MODEL, Bot  # noqa: E402
 
 QUESTIONS = ["押金能退吗", "POS机怎么注销", "注销要多久", "多久不用会自动注销", "提前注销有违约金吗",
              "拉卡拉账户怎么注销", "沉睡了怎么激活", "你好", "一清和二清是什么", "谢谢"]

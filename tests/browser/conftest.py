@@ -8,7 +8,7 @@ from typing import Iterator, List
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
-from tests.e2e.servers import BIN, MODEL, ROOT, Bot, Process, free_port
+from tests.support.servers import BIN, MODEL, ROOT, Bot, Process, free_port
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

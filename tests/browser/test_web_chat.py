@@ -11,8 +11,8 @@ import socketio
 from playwright.sync_api import Page
 
 from tests.browser.conftest import RESULTS, WebChat
-from tests.e2e.expect import pattern
-from tests.e2e.servers import DOMAIN, ROOT
+from tests.support.expect import pattern
+from tests.support.servers import DOMAIN, ROOT
 
 REPLY = ".rw-response .rw-message-text"
 SENT = ".rw-client .rw-message-text"

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.e2e.servers import MODEL, Bot
+from tests.support.servers import MODEL, Bot
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ import uuid
 
 import pytest
 
-from tests.e2e.servers import render
 from tests.support.overlap import key
+from tests.support.servers import render
 
 # heading of the article -> (the response of its section, three everyday phrasings)
 HEADINGS = {

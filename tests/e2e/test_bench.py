@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.e2e.servers import BIN, MODEL, ROOT
+from tests.support.servers import BIN, MODEL, ROOT
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

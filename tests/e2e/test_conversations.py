@@ -8,8 +8,8 @@ import sqlalchemy as sa
 
 from actions import policy
 from actions.registry import Registry, hash_phone_tail, terminals
-from tests.e2e.expect import assert_said, said
-from tests.e2e.servers import DOMAIN
+from tests.support.expect import assert_said, said
+from tests.support.servers import DOMAIN
 
 TODAY = dt.date.today()
 

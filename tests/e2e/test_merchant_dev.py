@@ -3,7 +3,7 @@ real bot by its own checker: at least 92 % of first replies carry the right fact
 import subprocess
 import sys
 
-from tests.e2e.servers import ROOT
+from tests.support.servers import ROOT
 
 DEV = ROOT.parent / "shared" / "eval"
 MIN_ANSWERS = 0.92

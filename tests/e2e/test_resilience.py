@@ -2,7 +2,7 @@
 and a restart of the Rasa server loses nothing."""
 import uuid
 
-from tests.e2e.expect import assert_said
+from tests.support.expect import assert_said
 
 
 def test_action_server_stopped_mid_conversation(bot):

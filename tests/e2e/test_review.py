@@ -20,8 +20,8 @@ import yaml
 from rasa.shared.nlu.training_data.formats.rasa_yaml import RasaYAMLReader
 
 from lakala_server import review as rv
-from tests.e2e.servers import BIN, MODEL, ROOT, Bot
 from tests.postgres import postgres_schema, reachable_postgres_url
+from tests.support.servers import BIN, MODEL, ROOT, Bot
 
 UNDERSTOOD = "押金能退吗"
 OFF_TOPIC = ("今天天气怎么样", "今天天气怎么样啊")  # the same question from two senders

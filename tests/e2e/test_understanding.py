@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from tests.e2e.servers import render
+from tests.support.servers import render
 
 
 def first_reply(bot, text):

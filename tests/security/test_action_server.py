@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from actions.registry import Registry, hash_phone_tail, terminals
-from tests.e2e.servers import DOMAIN
+from tests.support.servers import DOMAIN
 
 TODAY = dt.date.today()
 MERCHANT = "安全测试店"

@@ -41,7 +41,7 @@ def rest_from(bot, client: str, sender: str, text: str):
 
 
 def test_one_client_is_slowed_down_and_told_so_politely(bot):
-    from tests.e2e.servers import render
+    from tests.support.servers import render
 
     statuses = [rest_from(bot, "203.0.113.9", f"flood-{n}", "你好")[0] for n in range(40)]
     assert statuses[:30] == [200] * 30  # the default: 30 a minute, as a burst

@@ -5,7 +5,7 @@ import uuid
 
 from actions.config import DEFAULT_LOCK_FAILURES
 from actions.registry import Registry, hash_phone_tail, terminals
-from tests.e2e.expect import said
+from tests.support.expect import said
 
 TODAY = dt.date.today()
 MERCHANT = "猜号测试店"

@@ -10,7 +10,7 @@ import pytest
 from sanic.exceptions import Forbidden
 
 from lakala_server.channels import authorized_sender
-from tests.e2e.servers import MODEL, Bot
+from tests.support.servers import MODEL, Bot
 
 SECRET = "a-site-secret-for-issuing-tokens"
 

@@ -7,9 +7,9 @@ from typing import Any, Dict, List, Optional
 
 import socketio
 
-from tests.e2e.expect import said
-from tests.e2e.servers import render
 from tests.security.test_guessing import add_terminal
+from tests.support.expect import said
+from tests.support.servers import render
 
 
 class Visitor:

@@ -13,7 +13,7 @@ import pytest
 from lakala_server import fallback
 from lakala_server.wechat import WECHAT_PREFIX
 from scripts.wechat_sim import FakeWeChatAPI, WeChatSimulator
-from tests.e2e.servers import BIN, MODEL, ROOT, Bot, Process, free_port
+from tests.support.servers import BIN, MODEL, ROOT, Bot, Process, free_port
 
 # Well-formed, made-up settings: a test never talks to a real account.
 SETTINGS = {

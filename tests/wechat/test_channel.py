@@ -11,7 +11,7 @@ import pytest
 
 from lakala_server.wechat import load_texts
 from scripts.wechat_sim import cdata, sign
-from tests.e2e.servers import ROOT
+from tests.support.servers import ROOT
 from tests.wechat.conftest import SETTINGS, split_reply
 
 TEXTS = load_texts(ROOT / "domain.yml")

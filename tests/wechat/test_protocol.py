@@ -18,7 +18,7 @@ from wechatpy.utils import check_signature
 from lakala_server.wechat import Option, Rejected, WeChatInput, render, resolve_option
 from lakala_server.wechat_api import CustomerServiceClient, WeChatAPIError, split_text
 from scripts.wechat_sim import FakeWeChatAPI, WeChatSimulator
-from tests.e2e.servers import ROOT
+from tests.support.servers import ROOT
 from tests.wechat.conftest import SETTINGS
 
 # wechatpy's own test suite (tests/test_crypto.py, tests/test_utils.py).

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from typing import Iterator, List
 
 from lakala_server.wechat import load_texts
-from tests.e2e.expect import assert_said, said
-from tests.e2e.servers import DOMAIN, ROOT, render
+from tests.support.expect import assert_said, said
+from tests.support.servers import DOMAIN, ROOT, render
 from tests.wechat.conftest import split_reply
 
 TEXTS = load_texts(ROOT / "domain.yml")

@@ -2,7 +2,7 @@
 import re
 from typing import Any, List
 
-from tests.e2e.servers import DOMAIN, POLICY_VALUES
+from tests.support.servers import DOMAIN, POLICY_VALUES
 
 
 def pattern(response: str, **values: Any) -> "re.Pattern[str]":
