@@ -81,7 +81,7 @@ run: $(MODEL) $(WEB_INSTALLED)  ## install, build, train if needed, then start t
 	@bash scripts/run.sh
 
 lint: $(VENV)/.installed  ## static checks
-	$(BIN)/ruff check actions lakala_nlu lakala_server tests scripts bench
+	$(BIN)/ruff check actions lakala_common lakala_nlu lakala_server tests scripts bench
 
 validate: $(VENV)/.installed  ## rasa data validate, failing on any warning
 	$(BIN)/python scripts/validate.py

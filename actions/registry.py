@@ -13,7 +13,6 @@ import re
 import secrets
 import string
 import threading
-import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -24,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from actions import policy as pol
 from actions.config import get_settings, private_sqlite_file, seed_demo_requested
+from lakala_common.text import compact_code
 
 logger = logging.getLogger(__name__)
 
@@ -192,17 +192,13 @@ DEMO_COMPLETED_REQUESTED_DAYS_AFTER_LAST_TX = 20
 
 
 def normalize_terminal_id(text: str | None) -> str | None:
-    """Upper-case, NFKC (full-width), spaces and dashes removed; the id if exactly 8 of [0-9A-Z]."""
-    if not text:
-        return None
-    cleaned = re.sub(r"[\s\-_]", "", unicodedata.normalize("NFKC", text)).upper()
+    """Half-width, upper-case, spaces and dashes removed; the id if exactly 8 of [0-9A-Z]."""
+    cleaned = compact_code(text)
     return cleaned if TERMINAL_ID_RE.fullmatch(cleaned) else None
 
 
 def normalize_phone_tail(text: str | None) -> str | None:
-    if not text:
-        return None
-    cleaned = re.sub(r"\s", "", unicodedata.normalize("NFKC", text))
+    cleaned = compact_code(text)
     return cleaned if PHONE_TAIL_RE.fullmatch(cleaned) else None
 
 

@@ -28,7 +28,7 @@ from actions.registry import (
     normalize_terminal_id,
 )
 from actions.verification import sign, verified_terminal
-from lakala_nlu.text import normalize
+from lakala_common.text import normalized
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ NEGATION = re.compile(r"[不别没]")
 
 def confirmation_decision(text: str) -> Optional[bool]:
     """True or False when `text` plainly confirms or declines the deregistration, else None."""
-    answer = re.sub(r"[\s。.!~～]+", "", normalize(text))  # the NLU's normalisation: half-width, simplified
+    answer = re.sub(r"[。.!~～]+", "", normalized(text))
     if not answer or len(answer) > DECISION_MAX_CHARS or QUESTION.search(answer):
         return None
     if DECLINE.search(answer):

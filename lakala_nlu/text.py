@@ -1,53 +1,17 @@
-"""Length-preserving text normalisation shared by the NLU pipeline and the actions.
-
-Every function here keeps one output character per input character, so entity
-offsets annotated on the original text stay valid after normalisation.
+"""What the NLU pipeline asks of a message's text: its length, whether it says anything, whether
+it is Chinese. The normalisation itself (half-width, simplified) is lakala_common/text.py,
+shared with the actions, typed buttons and WeChat options; it is imported from here too.
 """
-import functools
 import re
-import unicodedata
 from typing import Optional
+
+from lakala_common.text import normalize, to_simplified  # noqa: F401  (the one normaliser)
 
 MAX_MESSAGE_CHARS = 300
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 _MEANINGFUL = re.compile(r"[0-9A-Za-z\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-
-
-@functools.lru_cache(maxsize=1)
-def _t2s():
-    from opencc import OpenCC
-
-    return OpenCC("t2s")
-
-
-def _to_halfwidth(char: str) -> str:
-    folded = unicodedata.normalize("NFKC", char)
-    return folded if len(folded) == 1 else char
-
-
-@functools.lru_cache(maxsize=8192)
-def _simplify_char(char: str) -> str:
-    converted = _t2s().convert(char)
-    return converted if len(converted) == 1 else char
-
-
-def to_simplified(text: str) -> str:
-    """Traditional -> simplified Chinese, phrase-aware where lengths allow."""
-    if not _CJK.search(text):
-        return text
-    converted = _t2s().convert(text)
-    if len(converted) == len(text):
-        return converted
-    return "".join(_simplify_char(c) for c in text)
-
-
-def normalize(text: Optional[str]) -> str:
-    """Full-width -> half-width and traditional -> simplified, same length."""
-    if not text:
-        return ""
-    return to_simplified("".join(_to_halfwidth(c) for c in text))
 
 
 def has_cjk(text: str) -> bool:

@@ -22,16 +22,10 @@ from rasa.core.channels.channel import UserMessage
 from rasa.shared.core.events import BotUttered, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 
-from lakala_nlu.text import normalize
+from lakala_common.text import normalized
 
-_TRAILING_PUNCTUATION = "。.!?~～"  # after normalize, which makes full-width marks half-width
 MAX_TITLE_CHARS = 40  # longer than any button title with spaces and punctuation around it
-
-
-def normalized(text: str) -> str:
-    """The form in which a typed answer and a button title are compared: the NLU's own
-    normalisation (half-width, simplified), without surrounding spaces or final punctuation."""
-    return normalize(text).strip().rstrip(_TRAILING_PUNCTUATION).strip()
+COMMAND_PREFIX = "/"
 
 
 _normalized_title = functools.lru_cache(maxsize=1024)(normalized)  # titles come from domain.yml
@@ -48,22 +42,27 @@ def offered_buttons(events: Reversible[Any]) -> List[Dict[str, Any]]:
     return buttons
 
 
-def typed_button_payload(tracker: DialogueStateTracker, text: Optional[str]) -> Optional[str]:
-    """The payload of the offered button whose title is `text`, if there is one."""
-    buttons = offered_buttons(tracker.events)
+def button_titled(text: Optional[str], buttons: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The button (with a payload) whose title `text` is, typed in any width, script or
+    spacing, if there is one. The one rule for typed titles, on every channel."""
     if not buttons or not text or len(text) > MAX_TITLE_CHARS:
         return None  # a long paste is no title, and is not normalised here character by character
     answer = normalized(text)
-    if not answer or answer.startswith("/"):
+    if not answer or answer.startswith(COMMAND_PREFIX):
         return None
     for button in buttons:
         payload = str(button.get("payload") or "").strip()
         if payload and _normalized_title(str(button.get("title") or "")) == answer:
-            return payload
+            return button
     return None
 
 
-COMMAND_PREFIX = "/"
+def typed_button_payload(tracker: DialogueStateTracker, text: Optional[str]) -> Optional[str]:
+    """The payload of the offered button whose title is `text`, if there is one."""
+    button = button_titled(text, offered_buttons(tracker.events))
+    return str(button["payload"]).strip() if button is not None else None
+
+
 # Channels that let a "/…" through only from their own options or menu.
 CHANNELS_FILTERING_PAYLOADS = frozenset({"wechat"})
 # The web chat opens every conversation with this payload (web/lakala-chat.js initPayload), as
