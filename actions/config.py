@@ -1,4 +1,7 @@
-"""Settings for the action server, read from the environment with safe local defaults."""
+"""The action server's settings: every environment variable this side reads, typed and checked
+in one place, with safe local defaults. The server reads them once when it starts (`start`);
+code outside a running action server (tools, tests) reads the environment at the time of the
+call. The Rasa server has its own module, lakala_server/config.py."""
 
 from __future__ import annotations
 
@@ -7,12 +10,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lakala_common.settings import REPO_ROOT, domain_path, number_from_env, private_sqlite_file  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB_TIMEOUT_SECONDS = 3.0
 DEFAULT_LOCK_FAILURES = 10
 DEFAULT_LOCK_MINUTES = 15.0
+DEFAULT_VERIFICATION_TTL_MINUTES = 30.0
+DEFAULT_HOST = "127.0.0.1"  # Rasa calls it on this machine; set ACTION_SERVER_HOST for another host
+DEFAULT_PORT = 5055
+DEFAULT_MAX_BODY_KB = 2048  # a whole conversation is sent with each call
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,15 @@ class Settings:
     uses_default_db: bool
     lock_failures: int = DEFAULT_LOCK_FAILURES  # wrong phone tails per terminal before a lock-out
     lock_minutes: float = DEFAULT_LOCK_MINUTES  # the first lock-out; each further one doubles
+    seed_demo: bool = False  # SEED_DEMO_TERMINALS=1: demo terminals in a configured database too
+    phone_tail_key: str = ""  # PHONE_TAIL_KEY; empty: var/phone_tail.key
+    verification_secret: str = ""  # VERIFICATION_SECRET; empty: a random one per process
+    verification_ttl_minutes: float = DEFAULT_VERIFICATION_TTL_MINUTES  # VERIFICATION_TTL_MINUTES
+    host: str = DEFAULT_HOST  # ACTION_SERVER_HOST
+    port: int = DEFAULT_PORT  # ACTION_SERVER_PORT
+    token: str = ""  # ACTION_SERVER_TOKEN: Rasa's calls must carry it
+    max_body_kb: int = DEFAULT_MAX_BODY_KB  # ACTION_SERVER_MAX_BODY_KB
+    log_level: str = "INFO"  # LOG_LEVEL
 
     @property
     def var_dir(self) -> Path:
@@ -30,7 +47,7 @@ class Settings:
 
     @property
     def domain_path(self) -> Path:
-        return self.repo_root / "domain.yml"
+        return domain_path(self.repo_root)
 
     def ensure_local_dirs(self) -> None:
         """Create the directory of the default SQLite file; a configured URL is left alone."""
@@ -40,21 +57,7 @@ class Settings:
 
 def seed_demo_requested() -> bool:
     """SEED_DEMO_TERMINALS=1 seeds the demo terminals into a configured (non-default) database."""
-    return os.environ.get("SEED_DEMO_TERMINALS", "").strip().lower() in ("1", "true", "yes")
-
-
-def private_sqlite_file(url: str) -> None:
-    """Create a SQLite database file readable by its owner only (SQLite gives its -wal and
-    -shm files the same mode); any other URL is left alone."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return
-    path = Path(parsed.database)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    os.chmod(path, 0o600)
+    return get_settings().seed_demo
 
 
 def default_db_url(repo_root: Path = REPO_ROOT) -> str:
@@ -74,23 +77,10 @@ def _timeout_from_env(raw: str | None) -> float:
     return value
 
 
-def number_from_env(name: str, default: float, *, allow_zero: bool = False) -> float:
-    """A positive number (or zero, when allowed) from the environment; the default, with a
-    warning, when the value is missing or invalid. Every numeric setting of both servers."""
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = -1.0
-    if value < 0 or (value == 0 and not allow_zero):
-        logger.warning("Ignoring invalid %s=%r; using %s", name, raw, default)
-        return default
-    return value
-
-
-def get_settings() -> Settings:
-    """Read the environment now (not at import time), so tests and processes can override it."""
+def from_env() -> Settings:
+    """The settings in the environment now."""
     url = os.environ.get("TERMINAL_DB_URL", "").strip()
+    port = os.environ.get("ACTION_SERVER_PORT", "").strip()
     return Settings(
         repo_root=REPO_ROOT,
         terminal_db_url=url or default_db_url(),
@@ -98,4 +88,28 @@ def get_settings() -> Settings:
         uses_default_db=not url,
         lock_failures=int(number_from_env("TERMINAL_LOCK_FAILURES", DEFAULT_LOCK_FAILURES)),
         lock_minutes=number_from_env("TERMINAL_LOCK_MINUTES", DEFAULT_LOCK_MINUTES),
+        seed_demo=os.environ.get("SEED_DEMO_TERMINALS", "").strip().lower() in ("1", "true", "yes"),
+        phone_tail_key=os.environ.get("PHONE_TAIL_KEY", "").strip(),
+        verification_secret=os.environ.get("VERIFICATION_SECRET", "").strip(),
+        verification_ttl_minutes=number_from_env("VERIFICATION_TTL_MINUTES", DEFAULT_VERIFICATION_TTL_MINUTES),
+        host=os.environ.get("ACTION_SERVER_HOST", "").strip() or DEFAULT_HOST,
+        port=int(number_from_env("ACTION_SERVER_PORT", DEFAULT_PORT)) if port else DEFAULT_PORT,
+        token=os.environ.get("ACTION_SERVER_TOKEN", "").strip(),
+        max_body_kb=int(number_from_env("ACTION_SERVER_MAX_BODY_KB", DEFAULT_MAX_BODY_KB)),
+        log_level=os.environ.get("LOG_LEVEL", "").strip() or "INFO",
     )
+
+
+_started: Settings | None = None
+
+
+def start() -> Settings:
+    """Called once by the action server when it starts."""
+    global _started
+    _started = from_env()
+    return _started
+
+
+def get_settings() -> Settings:
+    """The settings the action server started with, or (outside it) the environment's now."""
+    return _started if _started is not None else from_env()

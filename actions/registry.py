@@ -211,7 +211,7 @@ def phone_tail_key() -> bytes:
     random key made once in var/phone_tail.key (owner-only) for a local installation.
     With only 10,000 possible tails, a bare hash in a leaked database gives them all away."""
     global _file_key
-    configured = os.environ.get("PHONE_TAIL_KEY", "").strip()
+    configured = get_settings().phone_tail_key
     if configured:
         return configured.encode()
     with _key_lock:

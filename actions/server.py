@@ -9,7 +9,7 @@ run with three guards that `rasa run actions` does not have:
   `action_endpoint.token` in endpoints.yml; it is compared in constant time, 401 otherwise;
 - request bodies are capped at ACTION_SERVER_MAX_BODY_KB, before and after deflate, and an
   error reply never echoes the request (rasa_sdk's own handler sends the body back);
-- digit runs in its log lines are masked (actions/log_masking.py).
+- digit runs in its log lines are masked (lakala_common/log_masking.py).
 
 usage: python -m actions.server [--port 5055]
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hmac
 import logging
-import os
 import sys
 import zlib
 from typing import Optional
@@ -29,20 +28,20 @@ from sanic import Sanic, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from actions import log_masking
-from actions.config import number_from_env
+from actions import config
+from lakala_common import log_masking
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 5055
-DEFAULT_MAX_BODY_KB = 2048
+DEFAULT_HOST = config.DEFAULT_HOST
+DEFAULT_PORT = config.DEFAULT_PORT
+DEFAULT_MAX_BODY_KB = config.DEFAULT_MAX_BODY_KB
 MIN_TOKEN_CHARS = 16
 OPEN_PATHS = frozenset({"/health"})
 
 
 def _max_body_bytes() -> int:
-    return int(number_from_env("ACTION_SERVER_MAX_BODY_KB", DEFAULT_MAX_BODY_KB)) * 1024
+    return config.get_settings().max_body_kb * 1024
 
 
 def inflated_size_within(body: bytes, limit: int) -> bool:
@@ -83,16 +82,17 @@ def guarded_app(token: str, max_body: int, package: str = "actions") -> Sanic:
 
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description="the action server, callable by Rasa only")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("ACTION_SERVER_PORT") or DEFAULT_PORT))
+    settings = config.start()
+    parser.add_argument("--port", type=int, default=settings.port)
     args = parser.parse_args(argv)
-    token = os.environ.get("ACTION_SERVER_TOKEN", "").strip()
+    token = settings.token
     if len(token) < MIN_TOKEN_CHARS:
         print(f"ACTION_SERVER_TOKEN must be set (at least {MIN_TOKEN_CHARS} characters); "
               "`make run` generates one in var/secrets.env", file=sys.stderr)
         return 2
-    host = os.environ.get("ACTION_SERVER_HOST", "").strip() or DEFAULT_HOST
+    host = settings.host
     log_masking.install()
-    utils.configure_colored_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    utils.configure_colored_logging(settings.log_level)
     utils.update_sanic_log_level()
     app = guarded_app(token, _max_body_bytes())
     logger.info("Action server listening on %s:%s (token required)", host, args.port)

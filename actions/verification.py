@@ -12,16 +12,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import time
 from typing import Any, Optional
 
-from actions.config import number_from_env
+from actions import config
+from actions.config import get_settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TTL_MINUTES = 30.0
+DEFAULT_TTL_MINUTES = config.DEFAULT_VERIFICATION_TTL_MINUTES
 _MAC_HEX = 32
 _process_secret: Optional[bytes] = None
 
@@ -30,7 +30,7 @@ def _secret() -> bytes:
     """VERIFICATION_SECRET, or one random secret for this process when it is not set
     (markers then die with the process, and several action servers would not agree)."""
     global _process_secret
-    configured = os.environ.get("VERIFICATION_SECRET", "").strip()
+    configured = get_settings().verification_secret
     if configured:
         return configured.encode()
     if _process_secret is None:
@@ -40,7 +40,7 @@ def _secret() -> bytes:
 
 
 def ttl_seconds() -> float:
-    return number_from_env("VERIFICATION_TTL_MINUTES", DEFAULT_TTL_MINUTES) * 60
+    return get_settings().verification_ttl_minutes * 60
 
 
 def _mac(terminal_id: str, sender_id: str, expires: int) -> str:

@@ -1,7 +1,7 @@
 """A light response selector for the `faq/...` retrieval intent.
 
-Rasa's ResponseSelector is a TensorFlow model: about 25 s of training and several
-milliseconds per message. Our FAQ keys are short and distinct, and a logistic
+Rasa's ResponseSelector is a TensorFlow model: most of the training time and a per-message
+cost of a TensorFlow model. Our FAQ keys are short and distinct, and a logistic
 regression over the same sparse word and character features picks them as well on
 the held-out test set (see bench/results/latest.md) in a fraction of the time.
 It writes the same `response_selector` output as Rasa's, so `utter_faq`, the rules

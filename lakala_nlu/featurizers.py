@@ -3,8 +3,8 @@ pipeline reads.
 
 For a message's text Rasa computes sequence features (a count vector per token) and
 sentence features (one for the whole text). The classifiers here read the sentence
-features only, and at inference the per-token vectors were half of the featurizers'
-time (about 4 % of the server's time per message under load). Training is Rasa's,
+features only, and at inference the per-token vectors, which nothing reads, were computed on
+every message. Training is Rasa's,
 unchanged; at inference the text's sentence features are computed exactly as Rasa
 computes them, and every other attribute goes through Rasa's own code.
 """

@@ -3,7 +3,7 @@ intent classifier reading them.
 
 Rasa's LogisticRegressionClassifier stacks each message's sparse and dense sentence
 features with scipy on every call, and the FAQ selector needs the same matrix again:
-together about a sixth of the server's time per message under load. Both now take
+together a large share of the time per message under load. Both now take
 the combined sparse sentence features once per message; the model and its
 predictions are the same (this pipeline has no dense features).
 """
@@ -160,7 +160,7 @@ class SparseLogisticRegressionClassifier(LogisticRegressionClassifier):
 def save_linear(clf: Any, path: Path) -> None:
     """A fitted scikit-learn LogisticRegression as numpy arrays plus its parameters as JSON.
 
-    Rasa stores it with skops, whose import alone took about half of the server's start-up:
+    Rasa stores it with skops, whose import dominated the server's start-up:
     it builds its list of trusted types by searching every loaded module (TensorFlow's
     thousands among them) for each numpy and scipy function. Plain arrays load without
     skops and without unpickling anything."""

@@ -4,8 +4,7 @@ The Rasa server handles every message on one event loop. Left alone, each new me
 starts at once and takes turns on the CPU with every message already in progress, so
 under load a message that needs several steps (a terminal lookup calls the action
 server once or twice) waits behind every message that arrived after it, once per step.
-At 10 busy users that made the slowest one in twenty messages twice as slow as the
-median (bench/).
+Under load that made the slowest answers far slower than the median (bench/HISTORY.md).
 
 Here at most SLOTS messages are in progress at once; the others wait in arrival order,
 and a finished message hands its slot straight to the one that has waited longest.

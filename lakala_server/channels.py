@@ -11,7 +11,6 @@ Stored REST conversations are named `rest:<sender>`, so a REST caller can never 
 WeChat or web-chat conversation, and the channel is always `rest`, whatever the body says.
 """
 import ipaddress
-import os
 from typing import Any, Awaitable, Callable, Optional
 
 import jwt
@@ -21,17 +20,16 @@ from sanic import Blueprint
 from sanic.exceptions import Forbidden, InvalidUsage, Unauthorized
 from sanic.request import Request
 
-from actions import log_masking
-from actions.config import number_from_env
-from lakala_server import patches
+from lakala_common import log_masking
+from lakala_server import config, patches, texts
 from lakala_server.fallback import never_silent
 
-DEFAULT_MAX_REQUEST_KB = 64
+DEFAULT_MAX_REQUEST_KB = config.DEFAULT_MAX_REQUEST_KB
 
 
 def max_request_bytes() -> int:
     """MAX_REQUEST_KB (default 64): the largest request body the Rasa server reads."""
-    return int(number_from_env("MAX_REQUEST_KB", DEFAULT_MAX_REQUEST_KB)) * 1024
+    return config.current().max_request_bytes
 
 
 def guard_server(blueprint: Blueprint) -> Blueprint:
@@ -50,6 +48,7 @@ def guard_server(blueprint: Blueprint) -> Blueprint:
         from lakala_server import ratelimit  # it needs is_loopback from here
 
         log_masking.install()
+        config.start()
         patches.install()
         app.config.REQUEST_MAX_SIZE = min(app.config.REQUEST_MAX_SIZE, max_request_bytes())
         ratelimit.install(app)
@@ -58,6 +57,7 @@ def guard_server(blueprint: Blueprint) -> Blueprint:
         if getattr(app.ctx, "lakala_frozen", False):
             return
         app.ctx.lakala_frozen = True
+        texts.use(getattr(getattr(app.ctx, "agent", None), "domain", None))  # loaded before the start
         await patches.freeze_loaded_objects()
 
     blueprint.listener("before_server_start")(before_start)
@@ -80,7 +80,8 @@ def authorized_sender(request: Request, sender: Any) -> str:
     """The conversation a REST request may speak in, or a 4xx (see the module's docstring)."""
     if not isinstance(sender, str) or not sender.strip() or len(sender) > MAX_SENDER_CHARS:
         raise InvalidUsage("sender must be a non-empty string of at most 128 characters")
-    secret = os.environ.get("REST_JWT_SECRET", "").strip()
+    settings = config.current()
+    secret = settings.rest_jwt_secret
     if secret:
         header = request.headers.get("Authorization") or ""
         if not header.startswith("Bearer "):
@@ -92,7 +93,7 @@ def authorized_sender(request: Request, sender: Any) -> str:
             raise Unauthorized("invalid token", scheme="Bearer") from None
         if claims.get("sub") != sender:
             raise Forbidden("the token is for another sender")
-    elif os.environ.get("REST_OPEN", "").strip() != "1" and not is_loopback(request.ip or ""):
+    elif not settings.rest_open and not is_loopback(request.ip or ""):
         raise Forbidden("REST is open to this machine only; set REST_JWT_SECRET to expose it")
     return REST_PREFIX + sender
 

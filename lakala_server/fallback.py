@@ -2,13 +2,13 @@
 back (the action server is down, a bug), the user still gets a short apology and
 the way to a human, taken from domain.yml."""
 import copy
-import functools
 import logging
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List
 
-import yaml
 from rasa.core.channels.channel import UserMessage
+
+from lakala_server import texts
 
 logger = logging.getLogger(__name__)
 
@@ -16,12 +16,8 @@ FAILURE_RESPONSE = "utter_backend_failed"
 DOMAIN_FILE = Path("domain.yml")
 
 
-@functools.lru_cache(maxsize=1)
 def failure_message() -> Dict[str, Any]:
-    domain = yaml.safe_load(DOMAIN_FILE.read_text(encoding="utf-8"))
-    variation = dict(domain["responses"][FAILURE_RESPONSE][0])
-    variation.pop("condition", None)
-    return variation
+    return texts.response(FAILURE_RESPONSE)
 
 
 def never_silent(

@@ -1,5 +1,5 @@
 """JSON for request bodies and stored events: the standard library's values, encoded with
-orjson, which is several times faster."""
+orjson, which is faster."""
 import json
 from typing import Any
 

@@ -11,31 +11,28 @@ here: its requests come from Tencent's few addresses and are signed.
 The buckets are kept in memory, at most MAX_CLIENTS of them (the least recently seen go
 first), so each server process limits on its own.
 """
-import functools
 import logging
 import time
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple
 
-import yaml
 from sanic import response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from actions.config import number_from_env
-from lakala_server import fallback
+from lakala_server import config, texts
 from lakala_server.channels import is_loopback
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PER_MINUTE = 30.0
+DEFAULT_PER_MINUTE = config.DEFAULT_RATE_LIMIT_PER_MINUTE
 MAX_CLIENTS = 50_000
 LIMITED_PREFIXES = ("/webhooks/rest/", "/socket.io/")
 RESPONSE = "utter_rate_limited"
 
 
 def per_minute() -> float:
-    return number_from_env("RATE_LIMIT_PER_MINUTE", DEFAULT_PER_MINUTE)
+    return config.current().rate_limit_per_minute
 
 
 class TokenBuckets:
@@ -68,10 +65,8 @@ def client_of(request: Any) -> Optional[str]:
     return hops[-1] if hops else None
 
 
-@functools.lru_cache(maxsize=1)
 def limited_message() -> Dict[str, Any]:
-    domain = yaml.safe_load(fallback.DOMAIN_FILE.read_text(encoding="utf-8"))
-    return {"text": domain["responses"][RESPONSE][0]["text"]}
+    return {"text": texts.response(RESPONSE)["text"]}
 
 
 def install(app: Any) -> None:

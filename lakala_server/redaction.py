@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from rasa.shared.core.events import Event, SlotSet, UserUttered
 
-from actions.log_masking import DIGIT_RUN
+from lakala_common.log_masking import DIGIT_RUN
 
 PHONE_TAIL = "phone_tail"
 TERMINAL_ID = "terminal_id"
@@ -75,7 +75,7 @@ def _may_hold_tail(data: Dict[str, Any], requested: Optional[str]) -> bool:
 def redact_event_dict(data: Dict[str, Any], requested: Optional[str] = None) -> Dict[str, Any]:
     """The serialised event with phone tails and numbers masked (`requested`: the slot the
     bot was asking for): a copy if something is masked, else the same dict (most events:
-    copying every one was a fiftieth of the server's time)."""
+    copying every one cost time on every save)."""
     if not _may_hold_tail(data, requested):
         return data
     data = copy.deepcopy(data)

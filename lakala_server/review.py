@@ -11,7 +11,6 @@ grouped when near-identical, and sender ids are never written.
 import argparse
 import datetime as dt
 import json
-import os
 import re
 import sys
 import time
@@ -25,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from lakala_nlu.text import MAX_MESSAGE_CHARS, within_distance
-from lakala_server.tracker_store import DEFAULT_SQLITE_PATH
+from lakala_server import config
 
 DEFAULT_SINCE = "7d"
 DEFAULT_BELOW = 0.6
@@ -489,7 +488,7 @@ def parser() -> argparse.ArgumentParser:
 def store_url() -> str:
     """TRACKER_DB_URL, else the default SQLite file, as the server's tracker store chooses
     (tracker_store.tracker_db_url, without creating var/)."""
-    return os.environ.get("TRACKER_DB_URL", "").strip() or f"sqlite:///{DEFAULT_SQLITE_PATH}"
+    return config.current().tracker_db_url
 
 
 def _safe_url(url: str) -> str:

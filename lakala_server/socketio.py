@@ -11,39 +11,31 @@ session only. Messages count against the sender's per-client rate limit (ratelim
 over a WebSocket, where the HTTP middleware sees nothing after the upgrade.
 """
 import base64
-import functools
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
-import yaml
 from rasa.core.channels.channel import UserMessage
 from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
-from lakala_server import fallback, ratelimit
+from lakala_server import config, ratelimit, texts
 from lakala_server.channels import guard_server, max_request_bytes
 from lakala_server.fallback import never_silent
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ALLOWED_ORIGINS = "http://localhost:8080,http://127.0.0.1:8080"
+DEFAULT_ALLOWED_ORIGINS = config.DEFAULT_ALLOWED_ORIGINS
 
 
 def allowed_origins(value: Optional[str] = None) -> Union[str, List[str]]:
     """WEB_ALLOWED_ORIGINS: comma-separated `scheme://host[:port]` origins, or `*` for any."""
-    if value is None:
-        value = os.environ.get("WEB_ALLOWED_ORIGINS", DEFAULT_ALLOWED_ORIGINS)
-    if value.strip() == "*":
-        return "*"
-    origins = [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
-    if not origins:
-        # engine.io reads an empty list as "no origin check at all".
-        raise ValueError("WEB_ALLOWED_ORIGINS is empty: list the web chat's origins, or `*` for any")
-    return origins
+    if value is not None:
+        return config.parse_origins(value)
+    origins = config.current().web_allowed_origins
+    return origins if isinstance(origins, str) else list(origins)
 
 
 WEB_PREFIX = "web:"
@@ -61,7 +53,7 @@ class SessionIds:
 
     def __init__(self, secret: Optional[bytes] = None) -> None:
         if secret is None:
-            configured = os.environ.get("WEB_SESSION_SECRET", "").strip()
+            configured = config.current().web_session_secret
             if configured:
                 secret = configured.encode()
             else:
@@ -86,10 +78,8 @@ class SessionIds:
         return WEB_PREFIX + session
 
 
-@functools.lru_cache(maxsize=1)
 def invalid_session_message() -> Dict[str, Any]:
-    domain = yaml.safe_load(fallback.DOMAIN_FILE.read_text(encoding="utf-8"))
-    return {"text": domain["responses"][INVALID_SESSION_RESPONSE][0]["text"]}
+    return {"text": texts.response(INVALID_SESSION_RESPONSE)["text"]}
 
 
 class SafeSocketIOInput(SocketIOInput):

@@ -4,14 +4,14 @@ masked before they are written.
 
 On SQLite, Rasa 3.6 opens a new connection for every query and commits in the
 default rollback-journal mode, which syncs the file to disk twice per message.
-Profiling under load put a third of the server's time here. The store keeps its
+Profiling under load found this one of the server's largest costs (bench/HISTORY.md). The store keeps its
 connections open and uses write-ahead logging with synchronous=NORMAL, SQLite's
 recommended setting for WAL: a committed message survives a crash of the server,
 and the database stays consistent on power loss (the last messages can be lost).
 
 Reading and writing a conversation run two statements compiled once for the
 database's dialect, straight through the driver: building them through the ORM
-on every message (Rasa's way) cost about a tenth of the server's time under load.
+on every message (Rasa's way) was a noticeable share of the time per message.
 
 Conversations whose last event is older than TRACKER_RETENTION_DAYS (default 90; 0 keeps
 everything) are deleted when the store starts, then at most once an hour in the background.
@@ -20,9 +20,7 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import sqlalchemy as sa
@@ -35,15 +33,16 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.shared.nlu.constants import INTENT_NAME_KEY
 from sqlalchemy.orm import sessionmaker
 
-from actions.config import number_from_env, private_sqlite_file
+from lakala_common.settings import private_sqlite_file
+from lakala_server import config
 from lakala_server.json_codec import dumps
 from lakala_server.redaction import redact
 
-DEFAULT_SQLITE_PATH = Path("var") / "tracker.db"
+DEFAULT_SQLITE_PATH = config.DEFAULT_TRACKER_DB_PATH
 # How many of a tracker's events are already in the database (set on read and save).
 STORED_EVENTS = "_lakala_stored_events"
 EVENT_COLUMNS = ("sender_id", "type_name", "timestamp", "intent_name", "action_name", "data")
-DEFAULT_RETENTION_DAYS = 90.0
+DEFAULT_RETENTION_DAYS = config.DEFAULT_RETENTION_DAYS
 RETENTION_CHECK_SECONDS = 3600.0
 
 logger = logging.getLogger(__name__)
@@ -51,15 +50,14 @@ logger = logging.getLogger(__name__)
 
 def retention_days() -> float:
     """TRACKER_RETENTION_DAYS: how long a finished conversation is kept; 0 keeps them all."""
-    return number_from_env("TRACKER_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, allow_zero=True)
+    return config.current().tracker_retention_days
 
 
 def tracker_db_url() -> str:
-    url = os.environ.get("TRACKER_DB_URL", "").strip()
-    if url:
-        return url
-    DEFAULT_SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{DEFAULT_SQLITE_PATH}"
+    url = config.current().tracker_db_url
+    if url == f"sqlite:///{DEFAULT_SQLITE_PATH}":
+        DEFAULT_SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
+    return url
 
 
 class UrlSQLTrackerStore(SQLTrackerStore):
@@ -240,7 +238,7 @@ def _event_row(sender_id: str, event: Event) -> Dict[str, Any]:
         "timestamp": data.get("timestamp"),
         "intent_name": data.get("parse_data", {}).get("intent", {}).get(INTENT_NAME_KEY),
         "action_name": data.get("name"),
-        "data": dumps(data),  # the same JSON values, encoded with orjson (json.dumps was 2-3 % under load)
+        "data": dumps(data),  # the same JSON values, encoded with orjson (faster than json.dumps)
     }
 
 

@@ -7,9 +7,9 @@ start hook every channel of this project registers (lakala_server/channels.py
 than the one the patches were written for: each of them depends on Rasa's private code.
 
 After the server has started, `freeze_loaded_objects` moves everything loaded so far out of
-the garbage collector's sight (`gc.freeze`): the model, spaCy, TensorFlow and Rasa are well
-over a million objects that live as long as the server, and walking them all now and then
-stalls every chat. What the conversations allocate afterwards is collected as before.
+the garbage collector's sight (`gc.freeze`): the model, spaCy, TensorFlow and Rasa are a great
+many objects that live as long as the server, and walking them all now and then stalls every
+chat. What the conversations allocate afterwards is collected as before.
 """
 import gc
 import logging

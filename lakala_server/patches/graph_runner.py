@@ -1,8 +1,8 @@
 """Replaces `DaskGraphRunner` where the message processor uses it (rasa/core/processor.py).
 
 Why: every message runs the NLU and the policy graph through dask's scheduler, which rebuilds
-the task graph and its dependency bookkeeping on each call (about a fifth of the graph's time
-with our light models). The graph is a small DAG run on one thread anyway:
+the task graph and its dependency bookkeeping on each call, a large share of the graph's time
+with light models like ours. The graph is a small DAG run on one thread anyway:
 `SequentialGraphRunner` computes the order once per set of targets and calls the same graph
 nodes in it.
 

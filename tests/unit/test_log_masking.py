@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from actions import log_masking
+from lakala_common import log_masking
 
 
 @pytest.fixture()
