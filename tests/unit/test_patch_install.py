@@ -23,27 +23,21 @@ IMPORT_EVERYTHING = textwrap.dedent("""
     from rasa.utils.endpoints import EndpointConfig
     from lakala_server import patches
 
-    print("|".join([
-        RemoteAction._validate_action_result.__module__,
-        rasa.core.processor.DaskGraphRunner.__module__,
-        EndpointConfig.session.__module__,
-        Event.resolve_by_type.__module__,
-        Domain.is_empty.__module__,
-        MessageProcessor.parse_message.__module__,
-        str(hasattr(MessageProcessor.handle_message, "__wrapped__")),
-        str(logging.getLogRecordFactory() is record_factory),
-        str(patches.installed()),
-    ]))
+    def rasa_internals():
+        return [
+            RemoteAction._validate_action_result.__module__,
+            rasa.core.processor.DaskGraphRunner.__module__,
+            EndpointConfig.session.__module__,
+            Event.resolve_by_type.__module__,
+            Domain.is_empty.__module__,
+            MessageProcessor.parse_message.__module__,
+            str(hasattr(MessageProcessor.handle_message, "__wrapped__")),  # admitted() wraps Rasa's
+        ]
+
+    print("|".join(rasa_internals() + [
+        str(logging.getLogRecordFactory() is record_factory), str(patches.installed())]))
     patches.install()
-    print("|".join([
-        RemoteAction._validate_action_result.__module__,
-        rasa.core.processor.DaskGraphRunner.__module__,
-        EndpointConfig.session.__module__,
-        Event.resolve_by_type.__module__,
-        Domain.is_empty.__module__,
-        MessageProcessor.parse_message.__module__,
-        str(hasattr(MessageProcessor.handle_message, "__wrapped__")),  # admitted() wraps Rasa's
-    ]))
+    print("|".join(rasa_internals()))
 """)
 
 RASA_MODULES = ["rasa.core.actions.action", "rasa.engine.runner.dask", "rasa.utils.endpoints",
