@@ -11,8 +11,8 @@ from urllib.parse import quote
 import pytest
 
 from lakala_server import fallback
-from lakala_server.wechat import WECHAT_PREFIX
-from scripts.wechat_sim import FakeWeChatAPI, WeChatSimulator
+from lakala_server.wechat.channel import WECHAT_PREFIX
+from lakala_server.wechat.simulator import FakeWeChatAPI, WeChatSimulator
 from tests.support.servers import BIN, MODEL, ROOT, Bot, Process, free_port
 
 # Well-formed, made-up settings: a test never talks to a real account.

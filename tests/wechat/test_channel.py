@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lakala_server.wechat import load_texts
-from scripts.wechat_sim import cdata, sign
+from lakala_server.wechat.render import load_texts
+from lakala_server.wechat.simulator import cdata, sign
 from tests.support.servers import ROOT
 from tests.wechat.conftest import SETTINGS, split_reply
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator, List
 
-from lakala_server.wechat import load_texts
+from lakala_server.wechat.render import load_texts
 from tests.support.expect import assert_said, said
 from tests.support.servers import DOMAIN, ROOT, render
 from tests.wechat.conftest import split_reply
