@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.wechat_sim import FakeWeChatAPI, WeChatSimulator, demo_settings  # noqa: E402
+from lakala_server.wechat.simulator import FakeWeChatAPI, WeChatSimulator, demo_settings  # noqa: E402
 from tests.support.servers import MODEL, Bot  # noqa: E402
 
 QUESTIONS = ["押金能退吗", "POS机怎么注销", "注销要多久", "多久不用会自动注销", "提前注销有违约金吗",

@@ -11,7 +11,7 @@ API_PORT=${WECHAT_DEMO_API_PORT:-5057}
 mkdir -p var
 
 # Random settings for this run only; the simulator reads the same ones from the environment.
-eval "$("$BIN/python" -c 'import sys; sys.path.insert(0, "."); from scripts.wechat_sim import demo_settings
+eval "$("$BIN/python" -c 'from lakala_server.wechat.simulator import demo_settings
 for name, value in demo_settings().items(): print(f"export {name}={value}")')"
 export WECHAT_API_BASE="http://127.0.0.1:${API_PORT}"
 
@@ -29,5 +29,5 @@ for _ in $(seq 1 360); do
   fi
   sleep 0.5
 done
-"$BIN/python" scripts/wechat_sim.py --url "http://localhost:${RASA_PORT}/webhooks/wechat/webhook" \
+"$BIN/python" -m lakala_server.wechat.simulator --url "http://localhost:${RASA_PORT}/webhooks/wechat/webhook" \
   --api-port "$API_PORT"

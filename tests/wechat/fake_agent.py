@@ -4,17 +4,24 @@ a scripted agent instead of a trained model: quick to start, and its timing is e
     python -m tests.wechat.fake_agent PORT      (WECHAT_* settings from the environment)
 
 What the agent answers depends on the text it gets (see ScriptedAgent); GET /test/received
-lists every UserMessage that reached it, so tests can prove that a request did not."""
+lists every UserMessage that reached it, so tests can prove that a request did not. GET
+/test/calls counts the calls that check a signature, decrypt or parse XML, in the channel and
+in the libraries under it, so tests can prove that a message is verified and parsed once."""
 import asyncio
+import functools
 import os
 import sys
+from collections import Counter
 from typing import Any, Dict, List
 
+import defusedxml.ElementTree
+import xmltodict
 from rasa.core.channels.channel import UserMessage, register
 from sanic import Sanic, response
 from sanic.request import Request
+from wechatpy.crypto import BaseWeChatCrypto, PrpCrypto
 
-from lakala_server.wechat import WeChatInput
+from lakala_server.wechat import WeChatInput, envelope
 
 GREETING_BUTTONS = [
     {"title": "查询终端状态", "payload": "/check_terminal_status"},
@@ -53,6 +60,29 @@ class ScriptedAgent:
             await out.send_response(sender, {"text": f"收到：{text}"})
 
 
+CALLS: Counter = Counter()
+
+
+def count_calls(owner: Any, name: str, label: str) -> None:
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        CALLS[label] += 1
+        return original(*args, **kwargs)
+
+    setattr(owner, name, counted)
+
+
+def count_verifying_and_parsing() -> None:
+    count_calls(envelope, "_sign", "signature checked")
+    count_calls(BaseWeChatCrypto, "_decrypt_message", "signature checked by wechatpy")
+    count_calls(BaseWeChatCrypto, "_check_signature", "signature checked by wechatpy")
+    count_calls(PrpCrypto, "decrypt", "decrypted")
+    count_calls(defusedxml.ElementTree, "fromstring", "XML parsed")
+    count_calls(xmltodict, "parse", "XML parsed by xmltodict")
+
+
 def build_app() -> Sanic:
     app = Sanic("fake_rasa_wechat")
     agent = ScriptedAgent()
@@ -64,11 +94,16 @@ def build_app() -> Sanic:
         "appsecret": os.environ.get("WECHAT_APPSECRET", ""),
     })
     register([channel], app, route="/webhooks/")
+    count_verifying_and_parsing()
 
     @app.get("/test/received")
     async def received(request: Request) -> Any:
         sender = request.args.get("sender")
         return response.json([m for m in agent.received if sender is None or m["sender"] == sender])
+
+    @app.get("/test/calls")
+    async def calls(_: Request) -> Any:
+        return response.json(dict(CALLS))
 
     return app
 

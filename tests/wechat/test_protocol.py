@@ -15,9 +15,11 @@ from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidSignatureException
 from wechatpy.utils import check_signature
 
-from lakala_server.wechat import Option, Rejected, WeChatInput, render, resolve_option
-from lakala_server.wechat_api import CustomerServiceClient, WeChatAPIError, split_text
-from scripts.wechat_sim import FakeWeChatAPI, WeChatSimulator
+from lakala_server.wechat import WeChatInput
+from lakala_server.wechat.api import CustomerServiceClient, WeChatAPIError, split_text
+from lakala_server.wechat.envelope import Rejected
+from lakala_server.wechat.render import Option, render, resolve_option
+from lakala_server.wechat.simulator import FakeWeChatAPI, WeChatSimulator
 from tests.support.servers import ROOT
 from tests.wechat.conftest import SETTINGS
 
@@ -98,7 +100,7 @@ def request_for(sim: WeChatSimulator, xml: str, timestamp: str, nonce: str):
 def test_the_channel_reads_the_published_ciphertexts(monkeypatch, vector, encrypted, msg_signature):
     channel = WeChatInput(vector["token"], vector["appid"], vector["key"])
     timestamp, nonce = (("1409735669", "1320562132") if vector is TENCENT else ("1411525903", "461056294"))
-    monkeypatch.setattr("lakala_server.wechat.time.time", lambda: int(timestamp) + 1)
+    monkeypatch.setattr("lakala_server.wechat.envelope.time.time", lambda: int(timestamp) + 1)
     sim = WeChatSimulator("http://unused", vector["token"], vector["appid"], vector["key"], mode="plain")
     url_signed = request_for(sim, "<xml/>", timestamp, nonce)
     request = SimpleNamespace(

@@ -6,7 +6,7 @@ channel, waits 5 seconds and retries like WeChat does, and decrypts and prints t
 --api-port it also runs a stand-in for WeChat's API (access_token and customer-service message
 endpoints, same JSON) and prints the answers the channel sends there.
 
-    WECHAT_TOKEN=... WECHAT_APPID=... WECHAT_ENCODING_AES_KEY=... python scripts/wechat_sim.py
+    WECHAT_TOKEN=... WECHAT_APPID=... WECHAT_ENCODING_AES_KEY=... python -m lakala_server.wechat.simulator
     (or `make wechat-demo`, which starts the bot with demo settings and runs this)
 
 Lines you type are text messages; lines starting with ":" are other things a user can do
