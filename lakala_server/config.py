@@ -22,6 +22,8 @@ DEFAULT_MAX_REQUEST_KB = 64
 DEFAULT_RATE_LIMIT_PER_MINUTE = 30.0
 DEFAULT_RETENTION_DAYS = 90.0
 DEFAULT_ALLOWED_ORIGINS = "http://localhost:8080,http://127.0.0.1:8080"
+DEFAULT_WECHAT_MESSAGE_MODE = "safe"
+DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
 DEFAULT_TRACKER_DB_PATH = Path("var") / "tracker.db"  # in the working directory, as `make run` starts it
 
 
@@ -50,6 +52,8 @@ class ServerSettings:
     web_session_secret: str  # WEB_SESSION_SECRET; empty: a random one per process
     rest_jwt_secret: str  # REST_JWT_SECRET; set: REST needs a JWT whose sub is the sender
     rest_open: bool  # REST_OPEN=1: REST open to anyone (development only)
+    wechat_message_mode: str  # WECHAT_MESSAGE_MODE: safe (default), compat or plain
+    wechat_api_base: str  # WECHAT_API_BASE: WeChat's API (tests point it at a fake)
 
     @property
     def max_request_bytes(self) -> int:
@@ -76,6 +80,8 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> ServerSettings:
         web_session_secret=env.get("WEB_SESSION_SECRET", "").strip(),
         rest_jwt_secret=env.get("REST_JWT_SECRET", "").strip(),
         rest_open=env.get("REST_OPEN", "").strip() == "1",
+        wechat_message_mode=env.get("WECHAT_MESSAGE_MODE", "").strip().lower() or DEFAULT_WECHAT_MESSAGE_MODE,
+        wechat_api_base=(env.get("WECHAT_API_BASE", "").strip() or DEFAULT_WECHAT_API_BASE).rstrip("/"),
     )
 
 

@@ -3,7 +3,6 @@ back (the action server is down, a bug), the user still gets a short apology and
 the way to a human, taken from domain.yml."""
 import copy
 import logging
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List
 
 from rasa.core.channels.channel import UserMessage
@@ -13,7 +12,6 @@ from lakala_server import texts
 logger = logging.getLogger(__name__)
 
 FAILURE_RESPONSE = "utter_backend_failed"
-DOMAIN_FILE = Path("domain.yml")
 
 
 def failure_message() -> Dict[str, Any]:

@@ -27,8 +27,12 @@ def _domain_from_files() -> Domain:
     return Domain.load(str(domain_path()))
 
 
+def domain() -> Domain:
+    return _loaded or _domain_from_files()
+
+
 def responses() -> Dict[str, List[Dict[str, Any]]]:
-    return (_loaded or _domain_from_files()).responses
+    return domain().responses
 
 
 def response(name: str) -> Dict[str, Any]:

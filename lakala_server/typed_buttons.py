@@ -6,7 +6,7 @@ another intent; the bot itself offered the words, so it should understand them e
 Before the NLU runs, the text is compared with the titles of the buttons the bot sent since
 the user's last message; on a match the button's payload is parsed instead, as a click
 would send it. The user's own words stay in the conversation. Anything else goes to the
-NLU as before. WeChat also accepts an option's number (lakala_server/wechat.py). The rule
+NLU as before. WeChat also accepts an option's number (lakala_server/wechat/render.py). The rule
 is applied before the NLU by lakala_server/patches/typed_commands.py.
 
 The other way round, a typed "/intent" (Rasa's payload syntax: /restart, /back,

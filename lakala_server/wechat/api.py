@@ -3,16 +3,17 @@ WeChat's 5-second window: an aiohttp client with a cached access_token."""
 import asyncio
 import json
 import logging
-import os
 import time
 from typing import Any, Dict, List, Optional
 
 import aiohttp
 from wechatpy.constants import WeChatErrorCode
 
+from lakala_server import config
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_API_BASE = "https://api.weixin.qq.com"
+DEFAULT_API_BASE = config.DEFAULT_WECHAT_API_BASE
 # WeChat refuses text messages longer than 2048 bytes (UTF-8), passive or customer-service.
 TEXT_LIMIT_BYTES = 2048
 TOKEN_ERRORS = {
@@ -34,7 +35,7 @@ class WeChatAPIError(Exception):
 
 
 def api_base_from_env() -> str:
-    return (os.environ.get("WECHAT_API_BASE") or DEFAULT_API_BASE).rstrip("/")
+    return config.current().wechat_api_base
 
 
 def split_text(text: str, limit: int = TEXT_LIMIT_BYTES) -> List[str]:

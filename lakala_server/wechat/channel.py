@@ -9,7 +9,6 @@ numbered options the user answers with a number or the option text (render.py).
 """
 import asyncio
 import logging
-import os
 import re
 from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 
@@ -19,7 +18,7 @@ from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from lakala_server import fallback
+from lakala_server import config, fallback
 from lakala_server.channels import guard_server
 from lakala_server.wechat.api import CustomerServiceClient
 from lakala_server.wechat.delivery import WECHAT_TIMEOUT_SECONDS, Deliveries, Delivery, Outbox
@@ -65,7 +64,7 @@ class WeChatInput(InputChannel):
             appsecret=str(credentials.get("appsecret") or "").strip(),
             api_base=credentials.get("api_base"),
             message_mode=str(
-                credentials.get("message_mode") or os.environ.get("WECHAT_MESSAGE_MODE") or DEFAULT_MESSAGE_MODE
+                credentials.get("message_mode") or config.current().wechat_message_mode
             ).strip().lower(),
         )
 

@@ -21,6 +21,7 @@ from wechatpy.exceptions import InvalidAppIdException
 from wechatpy.messages import MESSAGE_TYPES, BaseMessage, UnknownMessage
 from wechatpy.utils import WeChatSigner
 
+from lakala_server import config
 from lakala_server.wechat.expiring import Expiring
 
 MAX_CLOCK_SKEW_SECONDS = 300
@@ -28,7 +29,7 @@ MAX_BODY_BYTES = 64 * 1024
 # The account's message encryption (公众号 console: 明文 / 兼容 / 安全模式). In safe mode a
 # request that is not encrypted and signed is refused, so nobody can downgrade to plaintext.
 MESSAGE_MODES = ("safe", "compatible", "plaintext")
-DEFAULT_MESSAGE_MODE = "safe"
+DEFAULT_MESSAGE_MODE = config.DEFAULT_WECHAT_MESSAGE_MODE
 OPENID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import yaml
 from rasa.core.channels.channel import OutputChannel
-from rasa.shared.exceptions import InvalidConfigException
+from rasa.shared.core.domain import Domain
+from rasa.shared.exceptions import InvalidConfigException, RasaException
 
-from lakala_server import fallback
+from lakala_server import texts
 from lakala_server.typed_buttons import button_titled, normalized
 
 logger = logging.getLogger(__name__)
@@ -37,15 +37,15 @@ class ChannelTexts:
 
 
 def load_texts(path: Optional[Path] = None) -> ChannelTexts:
-    path = path or fallback.DOMAIN_FILE
+    """The texts from the domain (lakala_server/texts.py), or from the domain file at `path`."""
     try:
-        domain = yaml.safe_load(path.read_text(encoding="utf-8"))
-        responses = domain["responses"]
+        domain = Domain.load(str(path)) if path is not None else texts.domain()
+        responses = domain.responses
 
         def text(name: str) -> str:
             return str(responses[name][0]["text"])
 
-        minutes = float((domain.get("session_config") or {}).get("session_expiration_time") or 60)
+        minutes = float(domain.session_config.session_expiration_time or 60)
         return ChannelTexts(
             option_line=str(responses[OPTION_RESPONSE][0]["custom"]["line"]),
             unsupported=text(UNSUPPORTED_RESPONSE),
@@ -53,10 +53,10 @@ def load_texts(path: Optional[Path] = None) -> ChannelTexts:
             still_working=text(STILL_WORKING_RESPONSE),
             options_ttl_seconds=minutes * 60,
         )
-    except (OSError, KeyError, IndexError, TypeError, ValueError, yaml.YAMLError) as error:
+    except (OSError, KeyError, IndexError, TypeError, ValueError, RasaException) as error:
         raise InvalidConfigException(
             f"The WeChat channel needs the responses {OPTION_RESPONSE}, {UNSUPPORTED_RESPONSE}, "
-            f"{VOICE_UNRECOGNIZED_RESPONSE} and {STILL_WORKING_RESPONSE} in {path} "
+            f"{VOICE_UNRECOGNIZED_RESPONSE} and {STILL_WORKING_RESPONSE} in {path or 'the domain'} "
             f"({type(error).__name__})."
         ) from None
 

@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 import pytest
 
-from lakala_server import fallback
 from lakala_server.wechat.channel import WECHAT_PREFIX
 from lakala_server.wechat.simulator import FakeWeChatAPI, WeChatSimulator
 from tests.support.expect import assert_said
@@ -30,12 +29,6 @@ SETTINGS = {
     "WECHAT_APPSECRET": "0123456789abcdef0123456789abcdef",
 }
 OPTION_LINE = re.compile(r"^回复 (\d+) (.+)$")
-
-
-@pytest.fixture(autouse=True)
-def domain_from_repo(monkeypatch):
-    # The channel reads domain.yml relative to the working directory, like `rasa run` from the repo.
-    monkeypatch.setattr(fallback, "DOMAIN_FILE", ROOT / "domain.yml")
 
 
 def simulator(url: str, mode: str = "safe", **overrides: str) -> WeChatSimulator:
