@@ -1,8 +1,17 @@
-"""The local PostgreSQL server for tests: reachability and a throw-away schema per test."""
+"""The local PostgreSQL server for tests: reachability, a throw-away schema per test, and a
+relay that can cut the line to it.
+
+Tests that need PostgreSQL run whenever the server (TEST_POSTGRES_URL, by default the one on
+this machine) answers. When it does not, they fail on CI (`CI` set), and elsewhere they are
+skipped with the reason and a notice at the end of the run that names them, so that a local
+run never leaves them out silently."""
+import functools
 import os
+import socket
+import threading
 import uuid
 from contextlib import contextmanager
-from typing import Iterator, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import pytest
 import sqlalchemy as sa
@@ -11,22 +20,49 @@ from sqlalchemy.engine import make_url
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
+# (test, reason) for every test that could not run for want of the server.
+not_run: List[Tuple[str, str]] = []
 
-def reachable_postgres_url() -> str:
-    """TEST_POSTGRES_URL (default the machine's server); skips if unreachable, fails on CI."""
-    url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+@functools.cache
+def _unreachable(url: str) -> Optional[str]:
+    """Why the server at `url` cannot be used, or None; asked once per run."""
     engine = sa.create_engine(url, connect_args={"connect_timeout": 3}, future=True)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except sa_exc.DBAPIError as error:
-        message = f"PostgreSQL at {make_url(url).render_as_string(hide_password=True)} unreachable: {error}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        first_line = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        return f"PostgreSQL at {make_url(url).render_as_string(hide_password=True)} unreachable: {first_line}"
     finally:
         engine.dispose()
-    return url
+    return None
+
+
+def reachable_postgres_url(test: str = "") -> str:
+    """TEST_POSTGRES_URL (default the machine's server). If it is unreachable: fails on CI;
+    elsewhere skips, and the test is named in the notice at the end of the run."""
+    url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    reason = _unreachable(url)
+    if reason is None:
+        return url
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: the PostgreSQL tests must run)")
+    not_run.append((test, reason))
+    pytest.skip(f"{reason}; start it or set TEST_POSTGRES_URL (CI fails here)")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # a hook: see tests/unit/conftest.py
+    if not not_run:
+        return
+    terminalreporter.section("PostgreSQL tests NOT run", sep="!", red=True, bold=True)
+    reasons = sorted({reason for _, reason in not_run})
+    for reason in reasons:
+        terminalreporter.write_line(reason, red=True)
+    terminalreporter.write_line(f"{len(not_run)} tests need it and did not run; on CI (CI set) they fail:")
+    for test, _ in not_run:
+        terminalreporter.write_line(f"  {test or '(a fixture)'}")
+    not_run.clear()  # the hook is registered by each conftest that imports it: print once
 
 
 @contextmanager
@@ -43,3 +79,67 @@ def postgres_schema(base_url: str, prefix: str) -> Iterator[Tuple[str, str]]:
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+class Relay:
+    """A TCP relay in front of the real PostgreSQL server. `freeze()` makes it stop passing
+    bytes either way, as a network partition would: the connection stays open and a query
+    sent on it waits for an answer that never comes. `close()` ends every relayed connection."""
+
+    def __init__(self, url: str) -> None:
+        target = make_url(url)
+        self._upstream = (target.host or "127.0.0.1", target.port or 5432)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = target.set(host="127.0.0.1", port=self._listener.getsockname()[1]).render_as_string(
+            hide_password=False)
+        self._frozen, self._closed = threading.Event(), threading.Event()
+        self._sockets: List[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(self._upstream)
+            except OSError:
+                return
+            self._sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if self._frozen.is_set():
+                    self._closed.wait()  # swallowed: it never arrives
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def freeze(self) -> None:
+        self._frozen.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        for sock in self._sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def __enter__(self) -> "Relay":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

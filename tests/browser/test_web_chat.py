@@ -184,3 +184,30 @@ def test_readme_embed_snippet_on_another_site(page: Page, web_chat: WebChat, rem
     finally:
         shop.shutdown()
         shop.server_close()
+
+
+def test_a_typed_button_title_works_like_the_button(page: Page, web_chat: WebChat):
+    open_chat(page, web_chat)
+    say(page, "我要注销终端K7306118")
+    wait_for_reply(page, "utter_ask_phone_tail")
+    say(page, "0839")
+    wait_for_reply(page, "utter_deregistration_no_fee", terminal_id="K7306118")
+    page.wait_for_function("document.querySelectorAll('.rw-reply').length >= 2")
+    assert page.locator(".rw-reply").all_inner_texts()[-2:] == ["确认注销", "先不注销"]
+    # The merchant types the button's words (with a full stop) instead of tapping it.
+    say(page, "先不注销。")
+    wait_for_reply(page, "utter_deregistration_cancelled", terminal_id="K7306118")
+    assert sent(page)[-1] == "先不注销。"
+
+
+OPEN_POLLING = """url => fetch(url).then(
+    answer => answer.text().then(body => "open " + body.slice(0, 1)),
+    () => "refused")"""
+
+
+def test_other_origins_are_refused_on_the_polling_transport_too(page: Page, web_chat: WebChat):
+    polling = web_chat.socket_url + "/socket.io/?EIO=4&transport=polling"
+    page.goto(web_chat.url)
+    assert page.evaluate(OPEN_POLLING, polling) == "open 0"
+    page.goto(web_chat.url.replace("127.0.0.1", "localhost"))
+    assert page.evaluate(OPEN_POLLING, polling) == "refused"

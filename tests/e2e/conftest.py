@@ -1,5 +1,6 @@
 import pytest
 
+from tests.postgres import pytest_terminal_summary  # noqa: F401 - names the PostgreSQL tests that did not run
 from tests.support.servers import MODEL, Bot
 
 

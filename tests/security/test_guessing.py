@@ -5,7 +5,7 @@ import uuid
 
 from actions.config import DEFAULT_LOCK_FAILURES
 from actions.registry import Registry, hash_phone_tail, terminals
-from tests.support.expect import said
+from tests.support.expect import reply, said, says
 
 TODAY = dt.date.today()
 MERCHANT = "猜号测试店"
@@ -37,7 +37,7 @@ def test_a_guessing_attack_across_new_conversations_is_stopped_before_50_tries(b
         bot.texts(conversation, "帮我查一下终端状态")
         bot.texts(conversation, "SEC00002")
         texts = bot.texts(conversation, guess)
-        if said(texts, "utter_phone_tail_wrong", tries_left=2):
+        if says(texts, reply("utter_phone_tail_wrong", tries_left=2), reply("utter_ask_phone_tail")):
             checked += 1
         elif said(texts, "utter_terminal_locked"):
             locked += 1

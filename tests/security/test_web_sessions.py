@@ -1,75 +1,14 @@
 """The web chat's socket.io sessions, attacked the way a stranger would: another visitor's
 session id, guessed or copied without its signature, and a flood over one WebSocket."""
 import asyncio
+import json
 import sqlite3
-import threading
-from typing import Any, Dict, List, Optional
-
-import socketio
+from typing import Any, Dict, List
 
 from tests.security.test_guessing import add_terminal
 from tests.support.expect import said
 from tests.support.servers import render
-
-
-class Visitor:
-    """One browser tab: a socket.io client over WebSocket, as the widget connects."""
-
-    def __init__(self, bot, headers: Optional[Dict[str, str]] = None) -> None:
-        self.bot, self.headers = bot, headers or {}
-        self.client = socketio.AsyncClient(reconnection=False)
-        self.session_id: Optional[str] = None
-        self.answers: List[Dict[str, Any]] = []
-        self.confirmed = asyncio.Event()
-        self.client.on("session_confirm", self._confirm)
-        self.client.on("bot_uttered", self._answer)
-
-    async def _confirm(self, session_id: str) -> None:
-        self.session_id = session_id
-        self.confirmed.set()
-
-    async def _answer(self, message: Dict[str, Any]) -> None:
-        self.answers.append(message)
-
-    async def join(self, session_id: Any = None) -> str:
-        if not self.client.connected:
-            await self.client.connect(f"http://127.0.0.1:{self.bot.rasa_port}", headers=self.headers,
-                                      transports=["websocket"], socketio_path="/socket.io")
-        self.confirmed.clear()
-        await self.client.emit("session_request", {"session_id": session_id})
-        await asyncio.wait_for(self.confirmed.wait(), 10)
-        return self.session_id
-
-    async def say(self, text: str, session_id: Optional[str] = None, wait: float = 15) -> List[str]:
-        before = len(self.answers)
-        await self.client.emit("user_uttered", {"message": text, "session_id": session_id or self.session_id})
-        deadline = asyncio.get_running_loop().time() + wait
-        while len(self.answers) == before and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)  # the rest of this turn's messages
-        return [answer.get("text", "") for answer in self.answers[before:]]
-
-    async def close(self) -> None:
-        await self.client.disconnect()
-
-
-def run(coroutine: Any) -> Any:
-    """In a thread of its own, so it works beside Playwright's loop in the same session."""
-    result: List[Any] = []
-    errors: List[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(coroutine))
-        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
-            errors.append(error)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
+from tests.support.webchat import Visitor, run
 
 
 def stored_senders(bot) -> List[str]:
@@ -152,3 +91,73 @@ def test_visitors_leaving_leave_no_errors_in_the_log(bot):
     log = bot.rasa.log_path.read_text(encoding="utf-8", errors="replace")
     # Sanic logs a closed engine.io WebSocket as a server error unless told it is one.
     assert "Invalid response type" not in log and "Exception occurred while handling uri" not in log
+
+
+def user_events(bot, conversation: str) -> List[Dict[str, Any]]:
+    """The user messages the tracker store kept for a conversation, in order."""
+    with sqlite3.connect(bot.workdir / "tracker.db") as connection:
+        rows = connection.execute("SELECT data FROM events WHERE sender_id = ? AND type_name = 'user' ORDER BY id",
+                                  (conversation,)).fetchall()
+    return [json.loads(row[0]) for row in rows]
+
+
+def test_a_socket_speaks_only_in_the_session_it_joined(bot):
+    refused = {"text": render("utter_web_session_invalid")}
+
+    async def scenario() -> None:
+        victim, attacker = Visitor(bot), Visitor(bot)
+        victim_id = await victim.join()
+        victim_room = "web:" + victim_id.split(".")[0]
+
+        # An unsigned or foreign id is replaced by a new one; a signed one (a reload) is kept.
+        for forged in (victim_id.split(".")[0], victim_room, "made-up"):
+            assert await attacker.join(forged) not in (victim_id, forged)
+        reloaded = Visitor(bot)
+        assert await reloaded.join(victim_id) == victim_id
+
+        for named in (victim_id, victim_room, None):
+            await attacker.send({"message": "SEC00001", "session_id": named})
+            assert attacker.answers[-1] == refused
+        never_joined = Visitor(bot)
+        await never_joined.connect()
+        await never_joined.send({"message": "你好", "session_id": victim_id})
+        assert never_joined.answers == [refused]
+        await victim.send(["not", "a", "dict"])
+        assert victim.answers == [refused]
+        assert reloaded.answers == []  # nothing refused went to the session's room
+        assert user_events(bot, victim_room) == []  # and nothing reached the conversation
+
+        assert said(await victim.say("押金能退吗"), "utter_deposit")
+        stored = user_events(bot, victim_room)
+        assert [(event["text"], event["input_channel"]) for event in stored] == [("押金能退吗", "socketio")]
+        assert reloaded.answers == victim.answers[1:]  # the answer went to the session's sockets
+
+        # After a disconnect the socket's session is forgotten: the same client, connected
+        # again, may not speak in it without joining it first.
+        await victim.close()
+        victim.answers.clear()
+        await victim.connect()
+        await victim.send({"message": "你好", "session_id": victim_id})
+        assert victim.answers == [refused]
+        assert len(user_events(bot, victim_room)) == 1
+        for visitor in (victim, attacker, reloaded, never_joined):
+            await visitor.close()
+
+    run(scenario())
+
+
+def test_joining_another_session_leaves_the_first(bot):
+    async def scenario() -> None:
+        tab, other, back = Visitor(bot), Visitor(bot), Visitor(bot)
+        first = await tab.join()
+        second = await other.join()
+        assert await tab.join(second) == second  # the tab moves to the second session
+        assert await back.join(first) == first  # and a reload brings the first back elsewhere
+        assert said(await back.say("你好"), "utter_greet")
+        assert tab.answers == []  # the first session's answers no longer reach the tab
+        assert said(await other.say("押金能退吗"), "utter_deposit")
+        assert tab.answers == other.answers  # the second's do
+        for visitor in (tab, other, back):
+            await visitor.close()
+
+    run(scenario())

@@ -1,6 +1,11 @@
-"""Matching the bot's replies against domain.yml responses."""
+"""Matching the bot's replies against domain.yml responses.
+
+A turn is checked whole: `assert_said(texts, "utter_x")` passes only when the turn said exactly
+that one message, and `assert_turn(texts, reply("utter_a"), reply("utter_b", fee=200))` only
+when it said exactly those messages, in that order. An extra, missing or different message
+in the same turn fails."""
 import re
-from typing import Any, List
+from typing import Any, Dict, List, NamedTuple
 
 from tests.support.servers import DOMAIN, POLICY_VALUES
 
@@ -19,10 +24,32 @@ def pattern(response: str, **values: Any) -> "re.Pattern[str]":
     return re.compile("^" + "".join(parts) + "$", re.S)
 
 
+class Reply(NamedTuple):
+    """One message a turn should say: a domain response and the values it must carry."""
+
+    response: str
+    values: Dict[str, Any]
+
+
+def reply(response: str, **values: Any) -> Reply:
+    return Reply(response, values)
+
+
+def says(texts: List[str], *expected: Reply) -> bool:
+    """Whether the turn's messages are exactly `expected`, in order."""
+    return len(texts) == len(expected) and all(
+        pattern(response, **values).match(text) for text, (response, values) in zip(texts, expected, strict=False)
+    )
+
+
 def said(texts: List[str], response: str, **values: Any) -> bool:
-    regex = pattern(response, **values)
-    return any(regex.match(text) for text in texts)
+    """Whether the turn said exactly one message, this response."""
+    return says(texts, reply(response, **values))
+
+
+def assert_turn(texts: List[str], *expected: Reply) -> None:
+    assert says(texts, *expected), f"expected exactly {list(expected)}, got {texts}"
 
 
 def assert_said(texts: List[str], response: str, **values: Any) -> None:
-    assert said(texts, response, **values), f"expected {response} {values}, got {texts}"
+    assert_turn(texts, reply(response, **values))

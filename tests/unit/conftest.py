@@ -1,8 +1,11 @@
 import pytest
 
-from tests.postgres import reachable_postgres_url
+from tests.postgres import (  # noqa: F401 - the hook names what did not run
+    pytest_terminal_summary,
+    reachable_postgres_url,
+)
 
 
-@pytest.fixture(scope="session")
-def postgres_base_url() -> str:
-    return reachable_postgres_url()
+@pytest.fixture()
+def postgres_base_url(request) -> str:
+    return reachable_postgres_url(request.node.nodeid)

@@ -2,8 +2,10 @@
 
 The module-level default registry (actions.registry.get_registry) is pointed at a temporary SQLite file
 through TERMINAL_DB_URL; the failure tests point it at an unreachable server and at the local PostgreSQL
-with the terminals table locked. Expected dates are computed from date.today(), as the registry seeds the
-demo terminals relative to the day of first use.
+with the terminals table locked. The actions read today's date from the clock (there is no setting to pin
+it), and the registry seeds the demo terminals relative to the day of first use: expected dates are
+today plus or minus whole days, and working days are counted with the hand-typed official holiday schedule
+(tests/support/holidays.py), never with the code under test (actions/policy.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import yaml
 from rasa_sdk import Action, Tracker
 from rasa_sdk.executor import CollectingDispatcher
 
-from actions import policy as pol
 from actions import registry as reg
 from actions.config import REPO_ROOT
 from actions.terminal import (
@@ -37,7 +38,8 @@ from actions.terminal import (
     confirmation_decision,
 )
 from actions.verification import sign, verified_terminal
-from tests.postgres import postgres_schema
+from tests.postgres import Relay, postgres_schema
+from tests.support import holidays
 
 DOMAIN: dict[str, Any] = yaml.safe_load((REPO_ROOT / "domain.yml").read_text(encoding="utf-8"))
 UNREACHABLE_POSTGRES_URL = "postgresql://postgres@127.0.0.1:1/nope"
@@ -400,8 +402,8 @@ def status_replies(terminal_id: str, today: dt.date) -> list[tuple[str, dict[str
             ("utter_deposit_refundable_now", {"deposit": 199}),
         ]
     if terminal_id == "A0012345":
-        requested = pol.working_days_before(today, 3).date
-        completion = pol.completion_date(requested)
+        requested = holidays.working_days_before(today, 3).date
+        completion = holidays.completes_on(requested)
         response = "utter_status_in_progress_estimate" if completion.is_estimate else "utter_status_in_progress"
         return [
             (response, {"merchant": "赵氏五金", "requested_on": iso(requested), "completes_on": iso(completion.date)}),
@@ -412,7 +414,7 @@ def status_replies(terminal_id: str, today: dt.date) -> list[tuple[str, dict[str
         return [
             (
                 "utter_status_deregistered",
-                {"merchant": "孙家超市", "completes_on": iso(pol.completion_date(requested).date)},
+                {"merchant": "孙家超市", "completes_on": iso(holidays.completes_on(requested).date)},
             ),
             ("utter_deposit_refunded", {"deposit": 299}),
         ]
@@ -436,7 +438,7 @@ def test_terminal_status(registry: reg.Registry, today: dt.date, terminal_id: st
 
 def test_pending_request_id_is_reported(registry: reg.Registry, today: dt.date) -> None:
     messages, _ = run(ActionTerminalStatus(), make_tracker(verified("A0012345")))
-    requested = pol.working_days_before(today, 3).date
+    requested = holidays.working_days_before(today, 3).date
     request_id = values(messages[0])["request_id"]
     assert re.fullmatch(rf"ZX{requested:%Y%m%d}[0-9A-Z]{{6}}", request_id), request_id
     assert [row.request_id for row in request_rows(registry, "A0012345")] == [request_id]
@@ -622,7 +624,7 @@ def test_ask_deregistration_confirmed(
 ) -> None:
     tracker = make_tracker(verified(terminal_id, requested_slot="deregistration_confirmed"), form="deregistration_form")
     messages, events = run(ActionAskDeregistrationConfirmed(), tracker)
-    completion = pol.completion_date(today)
+    completion = holidays.completes_on(today)
     ask = (
         "utter_ask_deregistration_confirmed_estimate"
         if completion.is_estimate
@@ -644,7 +646,7 @@ def test_ask_deregistration_confirmed(
 def test_submit_confirmed_creates_one_request(registry: reg.Registry, today: dt.date) -> None:
     tracker = make_tracker(verified("30091254", deregistration_confirmed=True))
     messages, events = run(ActionSubmitDeregistration(), tracker)
-    completion = pol.completion_date(today)
+    completion = holidays.completes_on(today)
     submitted = (
         "utter_deregistration_submitted_estimate" if completion.is_estimate else "utter_deregistration_submitted"
     )
@@ -670,32 +672,31 @@ def test_submit_confirmed_creates_one_request(registry: reg.Registry, today: dt.
     assert values(messages[0])["request_id"] == first["request_id"]
 
 
-def test_submit_racing_another_conversation_reports_the_winner(
-    registry: reg.Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Another chat submits between this one's status check and its request: no second request, same id."""
+def test_submit_racing_another_conversation_reports_the_winner(registry: reg.Registry, tmp_path: Path) -> None:
+    """Another chat submits between this one's status check and its request: no second request, same id.
+
+    Both are the real registry on the same SQLite file; the other chat (another action server
+    process) files its request the moment this one's status read hands its connection back."""
     other_process = reg.Registry(f"sqlite:///{tmp_path / 'terminals.db'}", auto_seed=False)
-    original_status = registry.status
-    winner: list[reg.DeregistrationRequest] = []
+    winner: list[tuple[reg.DeregistrationRequest, bool]] = []
 
-    def status_then_other_chat_submits(terminal_id: str, today: dt.date | None = None) -> reg.TerminalStatus:
-        status = original_status(terminal_id, today)
+    def other_chat_submits(*_: Any) -> None:
         if not winner:
-            request, created = other_process.request_deregistration(terminal_id)
-            assert created
-            winner.append(request)
-        return status
+            winner.append(other_process.request_deregistration("K7306118"))
 
-    monkeypatch.setattr(registry, "status", status_then_other_chat_submits)
+    sa.event.listen(registry.engine, "checkin", other_chat_submits)
     try:
         messages, _ = run(
             ActionSubmitDeregistration(), make_tracker(verified("K7306118", deregistration_confirmed=True))
         )
     finally:
+        sa.event.remove(registry.engine, "checkin", other_chat_submits)
         other_process.close()
+    (request, created), = winner
+    assert created
     assert names(messages) == ["utter_deregistration_exists"]
-    assert values(messages[0])["request_id"] == winner[0].request_id
-    assert [row.request_id for row in request_rows(registry, "K7306118")] == [winner[0].request_id]
+    assert values(messages[0])["request_id"] == request.request_id
+    assert [row.request_id for row in request_rows(registry, "K7306118")] == [request.request_id]
 
 
 @pytest.mark.parametrize("confirmed", [False, None])
@@ -801,28 +802,28 @@ def test_unreachable_database_keeps_the_deregistration_question(use_registry: Ca
     )
 
 
-def test_a_hanging_registry_call_is_cut_off(registry: reg.Registry, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whatever the driver does, the action answers within the timeout (plus one second) of DB_TIMEOUT_SECONDS."""
-    monkeypatch.setenv("DB_TIMEOUT_SECONDS", "0.5")
-    release = threading.Event()
+def test_a_hanging_registry_call_is_cut_off(use_registry: Callable[..., reg.Registry], postgres_base_url: str) -> None:
+    """Whatever the driver does, the action answers within the timeout (plus one second) of DB_TIMEOUT_SECONDS.
 
-    def hangs(*args: Any, **kwargs: Any) -> Any:
-        release.wait(10)
-        raise AssertionError("the action should not have waited for this")
+    Here the line to the real PostgreSQL server goes silent mid-conversation (a network partition):
+    the query is sent and no answer, not even the server's own statement timeout, ever comes back."""
+    with postgres_schema(postgres_base_url, "test_actions") as (_, url), Relay(url) as relay:
+        registry = use_registry(relay.url, timeout=0.5)
+        assert registry.find("K7306118") is not None  # connected (and seeded) through the relay
+        relay.freeze()
+        dispatcher = CollectingDispatcher()
+        tracker = make_tracker(verified("K7306118"))
 
-    monkeypatch.setattr(registry, "status", hangs)
-    dispatcher = CollectingDispatcher()
-    tracker = make_tracker(verified("K7306118"))
+        async def answer() -> float:
+            started = time.monotonic()
+            try:
+                await ActionTerminalStatus().run(dispatcher, tracker, DOMAIN)
+                return time.monotonic() - started
+            finally:
+                relay.close()  # let the abandoned thread end, so asyncio.run can shut down
 
-    async def answer() -> float:
-        started = time.monotonic()
-        try:
-            await ActionTerminalStatus().run(dispatcher, tracker, DOMAIN)
-            return time.monotonic() - started
-        finally:
-            release.set()  # let the abandoned thread end, so asyncio.run can shut down
-
-    answered_after = asyncio.run(answer())
+        answered_after = asyncio.run(answer())
+        registry.close()
     assert 1.4 <= answered_after < 2.5, answered_after
     assert names(dispatcher.messages) == ["utter_backend_failed"]
 

@@ -2,9 +2,10 @@
 import asyncio
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Iterator, List, Set
 
 import pytest
+import rasa
 import rasa.core.processor
 from aiohttp import BasicAuth, web
 from jsonschema import ValidationError
@@ -19,6 +20,7 @@ from rasa.utils.endpoints import EndpointConfig
 from lakala_server import json_codec, patches
 from lakala_server.patches import action_session, domain_empty, event_classes, graph_runner
 from lakala_server.patches.action_result import action_response_validator, event_validators, is_valid_action_result
+from tests.support.servers import DOMAIN, Bot
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -125,8 +127,112 @@ def test_sequential_runner_reports_a_failing_component_like_dask(tmp_path: Path)
             run(runner_class, tmp_path, ["broken"])
 
 
+@pytest.fixture(scope="module")
+def action_server(tmp_path_factory) -> Iterator[Bot]:
+    """The real action server (`python -m actions.server`), started as `make run` starts it."""
+    bot = Bot(tmp_path_factory.mktemp("action_server"))  # only its action server is started
+    bot.actions.start()
+    yield bot
+    bot.actions.stop()
+
+
+def endpoint_of(action_server: Bot) -> EndpointConfig:
+    """A new endpoint, as Rasa makes it from endpoints.yml, with the token."""
+    return EndpointConfig(f"http://127.0.0.1:{action_server.action_port}/webhook", token=action_server.action_token)
+
+
+def connections_to(endpoint: EndpointConfig) -> Dict[int, str]:
+    """This machine's TCP connections to the action server: {client port: state}, from the
+    client's end, which stays listed (TIME_WAIT) for a minute after the client closes it."""
+    port = int(endpoint.url.rsplit(":", 1)[1].split("/")[0])
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if int(remote.split(":")[1], 16) == port:
+            found[int(local.split(":")[1], 16)] = state
+    return found
+
+
+ESTABLISHED = "01"
+
+
+def open_connection(endpoint: EndpointConfig, earlier: Set[int]) -> int:
+    """The one connection to the action server (not among `earlier` ones) that is open now."""
+    found = connections_to(endpoint)
+    ports = [port for port, state in found.items() if state == ESTABLISHED and port not in earlier]
+    assert len(ports) == 1, found
+    return ports[0]
+
+
+def terminal_id_check(terminal_id: str) -> Dict[str, Any]:
+    """The call Rasa makes when the status form has just read a terminal number."""
+    latest = {"text": terminal_id, "intent": {"name": "inform", "confidence": 1.0}, "entities": []}
+    tracker = {
+        "sender_id": "patches", "slots": {"terminal_id": terminal_id}, "latest_message": latest,
+        "events": [{"event": "user", "text": terminal_id, "parse_data": latest},
+                   {"event": "slot", "name": "terminal_id", "value": terminal_id}],
+        "paused": False, "followup_action": None, "active_loop": {"name": "terminal_status_form"},
+        "latest_action_name": "action_listen",
+    }
+    return {"next_action": "validate_terminal_status_form", "sender_id": "patches", "tracker": tracker,
+            "domain": DOMAIN, "version": rasa.__version__}
+
+
+def not_found(reply: Dict[str, Any]) -> List[str]:
+    """The terminal numbers an action server's reply says are unknown."""
+    return [response["terminal_id"] for response in reply["responses"]
+            if response.get("response") == "utter_terminal_not_found"]
+
+
+def test_action_server_calls_share_one_connection(action_server: Bot) -> None:
+    """The real action server answers five calls, in order, over one TCP connection."""
+    endpoint = endpoint_of(action_server)
+    before = set(connections_to(endpoint))
+
+    async def five_calls() -> list:
+        replies = []
+        for n in range(5):
+            replies.append(await endpoint.request(json=terminal_id_check(f"ZZ00000{n}"), method="post"))
+            open_connection(endpoint, before)
+        return replies
+
+    replies = asyncio.run(five_calls())
+    assert [not_found(reply) for reply in replies] == [[f"ZZ00000{n}"] for n in range(5)]
+    assert len(set(connections_to(endpoint)) - before) == 1
+
+
+def test_an_idle_connection_is_dropped_before_the_action_server_drops_it(action_server: Bot) -> None:
+    """The action server (Sanic) closes idle connections after 5 s. A call after a pause of
+    more than KEEPALIVE_S opens a new connection (the real action server still keeps the old
+    one then), so the client never writes to one the server may be closing."""
+    import time
+
+    from sanic.config import DEFAULT_CONFIG
+
+    assert action_session.KEEPALIVE_S < DEFAULT_CONFIG["KEEP_ALIVE_TIMEOUT"]
+    peers: list = []
+    endpoint = endpoint_of(action_server)
+    before = set(connections_to(endpoint))
+
+    async def calls_with_a_pause() -> None:
+        await endpoint.request(json=terminal_id_check("ZZ000001"), method="post")
+        peers.append(open_connection(endpoint, before))
+        await endpoint.request(json=terminal_id_check("ZZ000002"), method="post")  # at once: the same connection
+        peers.append(open_connection(endpoint, before))
+        started = time.monotonic()
+        while time.monotonic() - started < action_session.KEEPALIVE_S + 1.0:
+            await asyncio.sleep(0.1)
+        reply = await endpoint.request(json=terminal_id_check("ZZ000003"), method="post")
+        assert not_found(reply) == ["ZZ000003"]
+        peers.append(open_connection(endpoint, before))
+
+    asyncio.run(calls_with_a_pause())
+    assert peers[0] == peers[1]
+    assert peers[2] != peers[1]
+
+
 def with_action_server(webhook: Any, use: Any) -> Any:
-    """`await use(url)` while a real local HTTP server answers POSTs to `url` with `webhook`."""
+    """`await use(url)` while a local HTTP server answers POSTs to `url` with `webhook`."""
 
     async def scenario() -> Any:
         app = web.Application()
@@ -144,53 +250,10 @@ def with_action_server(webhook: Any, use: Any) -> Any:
     return asyncio.run(scenario())
 
 
-def test_action_server_calls_share_one_connection() -> None:
-    """A real local HTTP server counts the TCP connections Rasa's endpoint client opens."""
-    peers: set = set()
-
-    async def webhook(request: web.Request) -> web.Response:
-        peers.add(request.transport.get_extra_info("peername"))
-        return web.json_response({"events": [], "responses": [{"text": await request.text()}]})
-
-    async def five_calls(url: str) -> list:
-        endpoint = EndpointConfig(url)
-        return [await endpoint.request(json={"n": n}) for n in range(5)]
-
-    replies = with_action_server(webhook, five_calls)
-    assert [json.loads(r["responses"][0]["text"]) for r in replies] == [{"n": n} for n in range(5)]
-    assert len(peers) == 1
-
-
-def test_an_idle_connection_is_dropped_before_the_action_server_drops_it() -> None:
-    """The action server (Sanic) closes idle connections after 5 s. A call after a pause of
-    more than KEEPALIVE_S opens a new connection (this test server would keep the old one for
-    aiohttp's 75 s), so the client never writes to one the server may be closing."""
-    import time
-
-    from sanic.config import DEFAULT_CONFIG
-
-    assert action_session.KEEPALIVE_S < DEFAULT_CONFIG["KEEP_ALIVE_TIMEOUT"]
-    peers: list = []
-
-    async def webhook(request: web.Request) -> web.Response:
-        peers.append(request.transport.get_extra_info("peername"))
-        return web.json_response({"events": [], "responses": []})
-
-    async def calls_with_a_pause(url: str) -> None:
-        endpoint = EndpointConfig(url)
-        await endpoint.request(json={})
-        await endpoint.request(json={})  # at once: the same connection
-        started = time.monotonic()
-        while time.monotonic() - started < action_session.KEEPALIVE_S + 1.0:
-            await asyncio.sleep(0.1)
-        await endpoint.request(json={})
-
-    with_action_server(webhook, calls_with_a_pause)
-    assert peers[0] == peers[1]
-    assert peers[2] != peers[1]
-
-
 def test_action_server_calls_keep_headers_and_basic_auth() -> None:
+    """Headers and basic auth that an endpoint is configured with (a proxy in front of the
+    action server may ask for them) are sent on the shared session. Our action server reads
+    neither, so only a server that records what it receives can show it: a local one."""
     seen: list = []
 
     async def webhook(request: web.Request) -> web.Response:
