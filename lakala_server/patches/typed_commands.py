@@ -8,9 +8,9 @@ an offered button's title typed as text is parsed as that button's payload. The 
 words stay in the conversation (`parse_data["text"]`). Every other text is parsed by Rasa's
 own method, unchanged.
 
-Proved by: tests/unit/test_typed_buttons.py::test_the_server_parses_the_payload_and_keeps_the_typed_words
+Proved by: tests/e2e/test_typed_buttons.py::test_the_server_parses_the_payload_and_keeps_the_typed_words
 and ::test_a_typed_command_is_read_as_words_unless_it_is_an_offered_payload (Rasa's own
-processor, recording what it parses), and tests/security/test_guessing.py::
+processor with the trained model), and tests/security/test_guessing.py::
 test_typed_commands_do_not_reset_a_conversations_tries against the real server.
 """
 import copy

@@ -161,3 +161,36 @@ def test_joining_another_session_leaves_the_first(bot):
             await visitor.close()
 
     run(scenario())
+
+
+def test_an_oversized_socket_message_is_refused_before_the_bot_reads_it(bot):
+    async def oversized() -> Any:
+        visitor = Visitor(bot)
+        session_id = await visitor.join()
+        await visitor.client.emit("user_uttered", {"message": "押" * 40_000, "session_id": session_id})  # 120 KB
+        for _ in range(50):
+            if not visitor.client.connected:
+                break
+            await asyncio.sleep(0.1)
+        dropped = not visitor.client.connected
+        await visitor.close()
+        return dropped, visitor.answers
+
+    dropped, answers = run(oversized())
+    # engine.io refuses a frame over MAX_REQUEST_KB (64 KB) and closes that connection, as REST answers 413.
+    assert dropped and answers == []
+    neighbour = Visitor(bot)
+    assert said(run(_join_and_say(neighbour, "你好，押金押金")), "utter_deposit")  # the server goes on
+    with sqlite3.connect(bot.workdir / "tracker.db") as connection:
+        def stored(text: str) -> int:
+            return connection.execute("SELECT COUNT(*) FROM events WHERE data LIKE ?", (f"%{text}%",)).fetchone()[0]
+
+        assert stored("你好，押金押金") > 0  # what was read is stored, in clear Chinese
+        assert stored("押" * 100) == 0
+
+
+async def _join_and_say(visitor: Visitor, text: str) -> List[str]:
+    await visitor.join()
+    texts = await visitor.say(text)
+    await visitor.close()
+    return texts

@@ -18,7 +18,7 @@ import pytest
 
 from lakala_server.wechat.channel import WECHAT_PREFIX
 from lakala_server.wechat.simulator import FakeWeChatAPI, WeChatSimulator
-from tests.support.expect import assert_said
+from tests.support.expect import assert_said, reply
 from tests.support.servers import BIN, MODEL, ROOT, Bot, Process, free_port
 
 # Well-formed, made-up settings: a test never talks to a real account.
@@ -29,6 +29,12 @@ SETTINGS = {
     "WECHAT_APPSECRET": "0123456789abcdef0123456789abcdef",
 }
 OPTION_LINE = re.compile(r"^回复 (\d+) (.+)$")
+# What the lookup of demo terminal 30091254 says, in one turn: status, deposit, fee.
+LOOKUP_30091254 = (
+    reply("utter_status_active", terminal_id="30091254"),
+    reply("utter_deposit_after_deregistration", terminal_id="30091254", deposit=299),
+    reply("utter_fee_due", fee=200),
+)
 
 
 def simulator(url: str, mode: str = "safe", **overrides: str) -> WeChatSimulator:

@@ -10,9 +10,10 @@ import pytest
 
 from lakala_server.wechat.delivery import DEDUPE_TTL_SECONDS
 from lakala_server.wechat.render import load_texts
-from tests.support.expect import assert_said, said
+from tests.support.expect import assert_said, assert_turn, reply, said
 from tests.support.servers import DOMAIN, ROOT, render
 from tests.wechat.conftest import (
+    LOOKUP_30091254,
     new_user,
     said_texts,
     split_reply,
@@ -28,6 +29,7 @@ LOCK_SECONDS = 7.0
 GREETING_TITLES = [button["title"] for button in DOMAIN["responses"]["utter_greet"][0]["buttons"]]
 
 
+
 def test_follow_then_a_terminal_lookup_by_numbered_options(wechat_bot):
     sim, openid = wechat_bot.sim(), new_user()
     welcome = sim.deliver(sim.event(openid, "subscribe", "")).reply
@@ -38,8 +40,8 @@ def test_follow_then_a_terminal_lookup_by_numbered_options(wechat_bot):
     assert_said(said_texts(sim.deliver(sim.text(openid, "3"))), "utter_ask_terminal_id")
     assert_said(said_texts(sim.deliver(sim.text(openid, "30091254"))), "utter_ask_phone_tail")
     texts = said_texts(sim.deliver(sim.text(openid, "6721")))
-    assert_said(texts, "utter_status_active", terminal_id="30091254", merchant="张记便利店", device="电签POS")
-    assert_said(texts, "utter_deposit_after_deregistration", terminal_id="30091254", deposit=299)
+    assert_turn(texts, reply("utter_status_active", terminal_id="30091254", merchant="张记便利店", device="电签POS"),
+                *LOOKUP_30091254[1:])
     # Slots and forms live in the OpenID's conversation: the follow-up is about this terminal.
     assert_said(said_texts(sim.deliver(sim.text(openid, "押金能退吗"))), "utter_deposit_after_deregistration",
                 terminal_id="30091254", deposit=299)
@@ -74,7 +76,10 @@ def test_unfollowing_ends_the_conversation(wechat_bot):
     sim, openid = wechat_bot.sim(), new_user()
     sim.deliver(sim.text(openid, "帮我查一下终端状态"))
     sim.deliver(sim.text(openid, "K7306118"))
-    assert_said(said_texts(sim.deliver(sim.text(openid, "0839"))), "utter_status_dormant", terminal_id="K7306118")
+    assert_turn(said_texts(sim.deliver(sim.text(openid, "0839"))),
+                reply("utter_status_dormant", terminal_id="K7306118"),
+                reply("utter_deposit_after_deregistration", terminal_id="K7306118", deposit=99),
+                reply("utter_fee_none", terminal_id="K7306118"))
     assert sim.deliver(sim.event(openid, "unsubscribe", "")).acknowledged
     assert len(tracker_events(wechat_bot, openid, "restart")) == 1
     sim.deliver(sim.event(openid, "subscribe", "", create_time=int(time.time()) + 1))
@@ -112,7 +117,7 @@ def test_slow_backend_answer_arrives_once_as_a_customer_service_message(wechat_b
     assert len(sent) == 1
     time.sleep(1)
     assert wechat_bot.api.messages_to(openid) == sent
-    assert_said(split_reply(sent[0])[0], "utter_status_active", terminal_id="30091254")
+    assert_turn(split_reply(sent[0])[0], *LOOKUP_30091254)
     # Three messages, three turns (the phone digits themselves are masked in the tracker).
     assert len(tracker_events(wechat_bot, openid, "user")) == 3
 
@@ -127,7 +132,7 @@ def test_slow_backend_answer_comes_on_wechats_retry_when_ready_by_then(wechat_bo
         retry = sim.post(url, body)
     assert first.timed_out and retry.status == 200 and retry.seconds < 4.5
     texts = split_reply(sim.read_reply(retry.body, openid)["Content"])[0]
-    assert_said(texts, "utter_status_active", terminal_id="30091254")
+    assert_turn(texts, *LOOKUP_30091254)
     time.sleep(1)
     assert wechat_bot.api.messages_to(openid) == []
     # Three messages, three turns (the phone digits themselves are masked in the tracker).
@@ -274,8 +279,7 @@ def test_concurrent_deliveries_of_a_slow_answer_share_one_answer(wechat_bot):
     replies = [a for a in attempts if a.body != b"success"]
     assert all(a.status == 200 and a.seconds < 5 for a in attempts)
     assert len(replies) == 1
-    assert_said(split_reply(sim.read_reply(replies[0].body, openid)["Content"])[0], "utter_status_active",
-                terminal_id="30091254")
+    assert_turn(split_reply(sim.read_reply(replies[0].body, openid)["Content"])[0], *LOOKUP_30091254)
     assert len(tracker_events(wechat_bot, openid, "user")) == 3
 
 
@@ -287,8 +291,8 @@ def test_a_failed_customer_service_message_comes_with_the_next_reply(wechat_bot)
         assert sim.deliver(sim.text(openid, "6721")).acknowledged
     time.sleep(2)
     texts = said_texts(sim.deliver(sim.text(openid, "押金能退吗")))
-    assert_said(texts[:1], "utter_status_active", terminal_id="30091254")
-    assert_said(texts, "utter_deposit_after_deregistration", terminal_id="30091254", deposit=299)
+    # The lookup's turn, carried over, then the answer to this message.
+    assert_turn(texts, *LOOKUP_30091254, LOOKUP_30091254[1])
     assert wechat_bot.api.messages_to(openid) == []
 
 
