@@ -33,9 +33,6 @@ from lakala_common import log_masking
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = config.DEFAULT_HOST
-DEFAULT_PORT = config.DEFAULT_PORT
-DEFAULT_MAX_BODY_KB = config.DEFAULT_MAX_BODY_KB
 MIN_TOKEN_CHARS = 16
 OPEN_PATHS = frozenset({"/health"})
 

@@ -16,12 +16,10 @@ import secrets
 import time
 from typing import Any, Optional
 
-from actions import config
 from actions.config import get_settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TTL_MINUTES = config.DEFAULT_VERIFICATION_TTL_MINUTES
 _MAC_HEX = 32
 _process_secret: Optional[bytes] = None
 

@@ -24,8 +24,6 @@ from lakala_common import log_masking
 from lakala_server import config, patches, texts
 from lakala_server.fallback import never_silent
 
-DEFAULT_MAX_REQUEST_KB = config.DEFAULT_MAX_REQUEST_KB
-
 
 def max_request_bytes() -> int:
     """MAX_REQUEST_KB (default 64): the largest request body the Rasa server reads."""

@@ -25,7 +25,6 @@ from lakala_server.channels import is_loopback
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PER_MINUTE = config.DEFAULT_RATE_LIMIT_PER_MINUTE
 MAX_CLIENTS = 50_000
 LIMITED_PREFIXES = ("/webhooks/rest/", "/socket.io/")
 RESPONSE = "utter_rate_limited"

@@ -42,7 +42,6 @@ DEFAULT_SQLITE_PATH = config.DEFAULT_TRACKER_DB_PATH
 # How many of a tracker's events are already in the database (set on read and save).
 STORED_EVENTS = "_lakala_stored_events"
 EVENT_COLUMNS = ("sender_id", "type_name", "timestamp", "intent_name", "action_name", "data")
-DEFAULT_RETENTION_DAYS = config.DEFAULT_RETENTION_DAYS
 RETENTION_CHECK_SECONDS = 3600.0
 
 logger = logging.getLogger(__name__)

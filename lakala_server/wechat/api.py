@@ -13,7 +13,6 @@ from lakala_server import config
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_API_BASE = config.DEFAULT_WECHAT_API_BASE
 # WeChat refuses text messages longer than 2048 bytes (UTF-8), passive or customer-service.
 TEXT_LIMIT_BYTES = 2048
 TOKEN_ERRORS = {
