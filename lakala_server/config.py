@@ -54,6 +54,7 @@ class ServerSettings:
     rest_open: bool  # REST_OPEN=1: REST open to anyone (development only)
     wechat_message_mode: str  # WECHAT_MESSAGE_MODE: safe (default), compat or plain
     wechat_api_base: str  # WECHAT_API_BASE: WeChat's API (tests point it at a fake)
+    redis_url: str  # REDIS_URL: shared state of several replicas; empty: one process, state in memory
 
     @property
     def max_request_bytes(self) -> int:
@@ -82,6 +83,7 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> ServerSettings:
         rest_open=env.get("REST_OPEN", "").strip() == "1",
         wechat_message_mode=env.get("WECHAT_MESSAGE_MODE", "").strip().lower() or DEFAULT_WECHAT_MESSAGE_MODE,
         wechat_api_base=(env.get("WECHAT_API_BASE", "").strip() or DEFAULT_WECHAT_API_BASE).rstrip("/"),
+        redis_url=env.get("REDIS_URL", "").strip(),
     )
 
 
