@@ -24,6 +24,8 @@ DEFAULT_RETENTION_DAYS = 90.0
 DEFAULT_ALLOWED_ORIGINS = "http://localhost:8080,http://127.0.0.1:8080"
 DEFAULT_WECHAT_MESSAGE_MODE = "safe"
 DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
+# A custom action's answer is awaited this long; then the turn is answered with the apology.
+DEFAULT_ACTION_TIMEOUT_SECONDS = 3.0
 DEFAULT_TRACKER_DB_PATH = Path("var") / "tracker.db"  # in the working directory, as `make run` starts it
 
 
@@ -54,6 +56,7 @@ class ServerSettings:
     rest_open: bool  # REST_OPEN=1: REST open to anyone (development only)
     wechat_message_mode: str  # WECHAT_MESSAGE_MODE: safe (default), compat or plain
     wechat_api_base: str  # WECHAT_API_BASE: WeChat's API (tests point it at a fake)
+    action_timeout_seconds: float  # ACTION_TIMEOUT_SECONDS: how long one action-server call may take
     redis_url: str  # REDIS_URL: shared state of several replicas; empty: one process, state in memory
 
     @property
@@ -83,6 +86,7 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> ServerSettings:
         rest_open=env.get("REST_OPEN", "").strip() == "1",
         wechat_message_mode=env.get("WECHAT_MESSAGE_MODE", "").strip().lower() or DEFAULT_WECHAT_MESSAGE_MODE,
         wechat_api_base=(env.get("WECHAT_API_BASE", "").strip() or DEFAULT_WECHAT_API_BASE).rstrip("/"),
+        action_timeout_seconds=number_from_env("ACTION_TIMEOUT_SECONDS", DEFAULT_ACTION_TIMEOUT_SECONDS, environ=env),
         redis_url=env.get("REDIS_URL", "").strip(),
     )
 

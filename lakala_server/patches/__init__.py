@@ -20,6 +20,7 @@ import rasa
 from lakala_server.patches import (
     action_result,
     action_session,
+    action_timeout,
     admission,
     domain_empty,
     event_classes,
@@ -30,7 +31,9 @@ from lakala_server.patches import (
 logger = logging.getLogger(__name__)
 
 RASA_VERSION = "3.6.21"  # the version every patch was written and tested against
-PATCHES = (action_result, graph_runner, action_session, event_classes, domain_empty, typed_commands, admission)
+PATCHES = (
+    action_result, graph_runner, action_session, action_timeout, event_classes, domain_empty, typed_commands, admission,
+)
 
 _installed: List[str] = []
 

@@ -345,3 +345,44 @@ def test_domain_emptiness_is_rasas_answer() -> None:
     answers = [domain.is_empty() for domain in domains]
     assert answers == [original(domain) for domain in domains]
     assert answers == [False, True, True, False, False]
+
+
+def test_action_calls_time_out_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An action server that accepts a call and never answers: with the patch, RemoteAction gives
+    up after ACTION_TIMEOUT_SECONDS and raises (the turn is then answered with the apology), where
+    Rasa alone waits five minutes. The hung handler is released when the test ends."""
+    from rasa.core.actions import action as rasa_action
+    from rasa.core.channels.channel import CollectingOutputChannel
+    from rasa.core.nlg import TemplatedNaturalLanguageGenerator
+    from rasa.shared.core.trackers import DialogueStateTracker
+
+    from lakala_server.patches import action_timeout
+
+    assert action_timeout.RASA_DEFAULT == 300
+    monkeypatch.setenv("ACTION_TIMEOUT_SECONDS", "0.5")
+    monkeypatch.setattr(rasa_action, "DEFAULT_REQUEST_TIMEOUT", rasa_action.DEFAULT_REQUEST_TIMEOUT)
+    action_timeout.install()
+    assert rasa_action.DEFAULT_REQUEST_TIMEOUT == 0.5
+    release = asyncio.Event()
+    calls: list = []
+
+    async def hung(request: web.Request) -> web.Response:
+        calls.append(await request.json())
+        await release.wait()
+        return web.json_response({"events": [], "responses": []})
+
+    async def run_lookup(url: str) -> str:
+        domain = Domain.from_dict(DOMAIN)
+        tracker = DialogueStateTracker("timeout", domain.slots)
+        remote = RemoteAction("action_terminal_status", EndpointConfig(url))
+        try:
+            await remote.run(CollectingOutputChannel(), TemplatedNaturalLanguageGenerator(domain.responses),
+                             tracker, domain)
+        except asyncio.TimeoutError:
+            return "timed out"
+        finally:
+            release.set()
+        return "answered"
+
+    assert with_action_server(hung, run_lookup) == "timed out"
+    assert len(calls) == 1
