@@ -78,6 +78,8 @@ def authorized_sender(request: Request, sender: Any) -> str:
     """The conversation a REST request may speak in, or a 4xx (see the module's docstring)."""
     if not isinstance(sender, str) or not sender.strip() or len(sender) > MAX_SENDER_CHARS:
         raise InvalidUsage("sender must be a non-empty string of at most 128 characters")
+    from lakala_server import ratelimit
+
     settings = config.current()
     secret = settings.rest_jwt_secret
     if secret:
@@ -91,7 +93,7 @@ def authorized_sender(request: Request, sender: Any) -> str:
             raise Unauthorized("invalid token", scheme="Bearer") from None
         if claims.get("sub") != sender:
             raise Forbidden("the token is for another sender")
-    elif not settings.rest_open and not is_loopback(request.ip or ""):
+    elif not settings.rest_open and not is_loopback(ratelimit.origin_of(request)):
         raise Forbidden("REST is open to this machine only; set REST_JWT_SECRET to expose it")
     return REST_PREFIX + sender
 

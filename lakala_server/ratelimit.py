@@ -54,14 +54,21 @@ class TokenBuckets:
         return allowed
 
 
-def client_of(request: Any) -> Optional[str]:
-    """The client a request counts against, or None for this machine's own tools."""
+def origin_of(request: Any) -> str:
+    """The address a request came from: its peer, or, when the peer is a proxy on this machine
+    (make cluster's nginx sets X-Forwarded-For to its own peer), the address the proxy names."""
     peer = request.ip or ""
     if not is_loopback(peer):
         return peer
     forwarded = request.headers.get("X-Forwarded-For") or ""
     hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-    return hops[-1] if hops else None
+    return hops[-1] if hops else peer
+
+
+def client_of(request: Any) -> Optional[str]:
+    """The client a request counts against, or None for this machine's own tools."""
+    origin = origin_of(request)
+    return None if is_loopback(origin) else origin
 
 
 def limited_message() -> Dict[str, Any]:

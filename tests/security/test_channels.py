@@ -23,36 +23,6 @@ def test_a_huge_body_is_refused_before_it_is_read(bot):
     assert bot.texts("after-the-huge-one", "你好")  # the server still answers
 
 
-def rest_from(bot, client: str, sender: str, text: str):
-    """A REST message as the local proxy (nginx) forwards it for `client`."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{bot.rasa_port}/webhooks/rest/webhook",
-        data=json.dumps({"sender": sender, "message": text}, ensure_ascii=False).encode(),
-        headers={"Content-Type": "application/json", "X-Forwarded-For": f"198.51.100.1, {client}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
-
-
-def test_one_client_is_slowed_down_and_told_so_politely(bot):
-    from tests.support.servers import render
-
-    statuses = [rest_from(bot, "203.0.113.9", f"flood-{n}", "你好")[0] for n in range(40)]
-    assert statuses[:30] == [200] * 30  # the default: 30 a minute, as a burst
-    assert statuses[30:].count(429) >= 9  # a token comes back every 2 s
-    status, body = rest_from(bot, "203.0.113.9", "flood-x", "押金能退吗")
-    assert status == 429 and body[0]["text"] == render("utter_rate_limited")
-    assert rest_from(bot, "203.0.113.10", "neighbour", "你好")[0] == 200  # other clients go on
-    assert bot.texts("local-tool", "你好")  # this machine's own tools are not limited
-
-
 def polling(bot, origin: str, sid: str = "", body: str = ""):
     """An engine.io long-polling request from a page on `origin`: (status, body, CORS header)."""
     connection = http.client.HTTPConnection("127.0.0.1", bot.rasa_port, timeout=10)

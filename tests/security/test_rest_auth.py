@@ -25,8 +25,10 @@ def exposed_bot(tmp_path_factory):
     running.stop()
 
 
-def post(bot, body, token=None):
+def post(bot, body, token=None, forwarded_for=None):
     headers = {"Content-Type": "application/json"}
+    if forwarded_for is not None:  # as the local proxy (make cluster's nginx) forwards it
+        headers["X-Forwarded-For"] = forwarded_for
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(f"http://127.0.0.1:{bot.rasa_port}/webhooks/rest/webhook",
@@ -35,7 +37,7 @@ def post(bot, body, token=None):
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as error:
-        return error.code, None
+        return error.code, json.loads(error.read() or b"null")
 
 
 def token(sub, secret=SECRET, **claims):
@@ -75,8 +77,27 @@ def test_the_body_cannot_claim_another_channel(exposed_bot):
     assert "次数太多" in say("帮我查一下终端状态")
 
 
-def request_from(ip, authorization=None):
-    return SimpleNamespace(ip=ip, headers={"Authorization": authorization} if authorization else {})
+def request_from(ip, authorization=None, forwarded_for=None):
+    headers = {"Authorization": authorization} if authorization else {}
+    if forwarded_for:
+        headers["X-Forwarded-For"] = forwarded_for
+    return SimpleNamespace(ip=ip, headers=headers)
+
+
+def test_one_client_is_slowed_down_and_told_so_politely(exposed_bot):
+    from tests.support.servers import render
+
+    def flood(client, sender, text="你好"):
+        return post(exposed_bot, {"sender": sender, "message": text}, token(sender),
+                    forwarded_for=f"198.51.100.1, {client}")
+
+    statuses = [flood("203.0.113.9", f"flood-{n}")[0] for n in range(40)]
+    assert statuses[:30] == [200] * 30  # the default: 30 a minute, as a burst
+    assert statuses[30:].count(429) >= 9  # a token comes back every 2 s
+    status, body = flood("203.0.113.9", "flood-x", "押金能退吗")
+    assert status == 429 and body[0]["text"] == render("utter_rate_limited")
+    assert flood("203.0.113.10", "neighbour")[0] == 200  # other clients go on
+    assert post(exposed_bot, {"sender": "local-tool", "message": "你好"}, token("local-tool"))[0] == 200
 
 
 def test_by_default_rest_answers_this_machine_only(monkeypatch):
@@ -86,5 +107,9 @@ def test_by_default_rest_answers_this_machine_only(monkeypatch):
     assert authorized_sender(request_from("::1"), "me") == "rest:me"
     with pytest.raises(Forbidden):
         authorized_sender(request_from("203.0.113.7"), "me")
+    # Behind a proxy on this machine, the client it names counts, not the proxy.
+    with pytest.raises(Forbidden):
+        authorized_sender(request_from("127.0.0.1", forwarded_for="203.0.113.7"), "me")
+    assert authorized_sender(request_from("127.0.0.1", forwarded_for="127.0.0.1"), "me") == "rest:me"
     monkeypatch.setenv("REST_OPEN", "1")  # the explicit setting for local development
     assert authorized_sender(request_from("203.0.113.7"), "me") == "rest:me"
