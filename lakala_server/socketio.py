@@ -17,6 +17,7 @@ import logging
 import secrets
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
+import socketio
 from rasa.core.channels.channel import UserMessage
 from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
@@ -28,6 +29,8 @@ from lakala_server.fallback import never_silent
 logger = logging.getLogger(__name__)
 
 DEFAULT_ALLOWED_ORIGINS = config.DEFAULT_ALLOWED_ORIGINS
+# The Redis pub/sub channel the replicas' socket.io servers share (REDIS_URL).
+ROOMS_CHANNEL = "lakala:socketio"
 
 
 def allowed_origins(value: Optional[str] = None) -> Union[str, List[str]]:
@@ -110,7 +113,22 @@ class SafeSocketIOInput(SocketIOInput):
         self.sio.eio.max_http_buffer_size = max_request_bytes()
         self._quiet_websocket_close()
         self._bind_sessions()
+        self._share_rooms()
         return guard_server(blueprint)
+
+    def _share_rooms(self) -> None:
+        """With REDIS_URL (several replicas), emits go through Redis, so an answer reaches a
+        session's sockets whichever replica they are connected to. Rasa creates the server without
+        a client manager; this one is set before any socket connects, when python-socketio
+        initialises it."""
+        url = config.current().redis_url
+        if not url:
+            return
+        assert self.sio is not None
+        manager = socketio.AsyncRedisManager(url, channel=ROOMS_CHANNEL)
+        manager.set_server(self.sio)
+        self.sio.manager = manager
+        self.sio.manager_initialized = False
 
     def _quiet_websocket_close(self) -> None:
         """engine.io's handler returns None when a WebSocket closes, and Sanic 21.12 logs that as

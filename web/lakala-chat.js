@@ -24,6 +24,9 @@
     // A new tab starts a new conversation; a reload continues it. Terminal details are not
     // left behind in the browser once the tab is closed.
     params: { storage: "session" },
+    // WebSocket only: a connection is one request, so any replica behind nginx can hold it
+    // without sticky sessions (make cluster), and no long-polling fallback is kept open.
+    protocolOptions: { transports: ["websocket"] },
     customMessageDelay: function (message) {
       return Math.min(1200, 300 + 10 * message.length);
     }
