@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts the action server, the Rasa server and the web chat server, prints where to
-# chat, and stops all three (by their process ids) when one exits or on Ctrl-C.
+# Starts the action server, the Rasa server and the web chat server, prints where to chat,
+# restarts the action server when it exits, and stops all three (by their process ids) when
+# Rasa or the web server exits, or on Ctrl-C. `make cluster` (scripts/cluster.sh) runs several.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -13,20 +14,9 @@ export WEB_ALLOWED_ORIGINS=${WEB_ALLOWED_ORIGINS:-http://localhost:${WEB_PORT},h
 mkdir -p var
 
 # Secrets: ACTION_SERVER_TOKEN (Rasa -> action server), VERIFICATION_SECRET (signs the
-# verified-terminal marker) and WEB_SESSION_SECRET (signs web-chat session ids). Taken from the
-# environment when set; otherwise generated once into var/secrets.env (owner-only) and reused,
-# so a restart keeps conversations verified and web chats connected.
-SECRETS=(ACTION_SERVER_TOKEN VERIFICATION_SECRET WEB_SESSION_SECRET)
-(umask 077; touch var/secrets.env)
-for name in "${SECRETS[@]}"; do
-  if [ -z "${!name:-}" ] && ! grep -q "^${name}=" var/secrets.env; then
-    printf '%s=%s\n' "$name" "$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))')" >> var/secrets.env
-  fi
-done
-while IFS='=' read -r name value; do
-  [ -n "$name" ] && [ -z "${!name:-}" ] && export "$name=$value"
-done < var/secrets.env
-export "${SECRETS[@]}"
+# verified-terminal marker) and WEB_SESSION_SECRET (signs web-chat session ids).
+source scripts/secrets.sh
+load_secrets ACTION_SERVER_TOKEN VERIFICATION_SECRET WEB_SESSION_SECRET
 
 pids=()
 stop() {
@@ -37,7 +27,20 @@ trap stop EXIT
 trap 'exit 130' INT TERM
 
 # The action server listens on 127.0.0.1 (ACTION_SERVER_HOST) and answers only with the token.
-"$BIN/python" -m actions.server --port "$ACTION_PORT" >var/actions.log 2>&1 &
+# It is started again when it exits; meanwhile the bot answers with the apology.
+keep_action_server() {
+  local child
+  trap 'kill "$child" 2>/dev/null; exit 0' TERM
+  while true; do
+    "$BIN/python" -m actions.server --port "$ACTION_PORT" >>var/actions.log 2>&1 &
+    child=$!
+    wait "$child" || true
+    echo "$(date '+%F %T') the action server exited; starting it again" >>var/actions.log
+    sleep 1
+  done
+}
+: >var/actions.log
+keep_action_server &
 pids+=($!)
 # The WeChat channel (/webhooks/wechat/webhook) is on when WECHAT_TOKEN is set; see README.
 CREDENTIALS=credentials.yml
