@@ -25,7 +25,7 @@ NLU_DATA := $(shell find data -name '*.yml' 2>/dev/null)
 NLU_CODE := $(wildcard lakala_nlu/*.py) lakala_nlu/userdict.txt
 
 .PHONY: help install spacy train run test lint validate unit nlu-test nlu-blind core-test e2e security browser web chromium clean lock \
-	wechat wechat-demo bench-wechat bench review
+	wechat wechat-demo bench-wechat bench review cluster services cluster-test
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -80,6 +80,15 @@ chromium:  ## install Debian's chromium and fonts-noto-cjk if missing (as root)
 run: $(MODEL) $(WEB_INSTALLED)  ## install, build, train if needed, then start the bot and the web chat
 	@bash scripts/run.sh
 
+cluster: $(MODEL) $(WEB_INSTALLED)  ## several Rasa replicas, two action servers and nginx, on PostgreSQL and Redis
+	@bash scripts/cluster.sh
+
+services:  ## install (as root) and start PostgreSQL, Redis and nginx for the cluster
+	@bash scripts/services.sh
+
+cluster-test: $(MODEL) services  ## the cluster under faults: replicas killed, servers hung, races (tests/cluster)
+	$(BIN)/python -m pytest -q tests/cluster
+
 lint: $(VENV)/.installed  ## static checks
 	$(BIN)/ruff check actions lakala_common lakala_nlu lakala_server tests scripts bench
 
@@ -131,7 +140,7 @@ bench-wechat: $(MODEL)  ## WeChat acknowledgement latency under a steady stream 
 review: $(VENV)/.installed  ## unsure messages from the tracker store, masked and grouped: results/review.yml
 	$(BIN)/python -m lakala_server.review $(REVIEW_ARGS)
 
-test: lint validate unit nlu-test nlu-blind core-test e2e security browser wechat  ## run every test
+test: lint validate unit nlu-test nlu-blind core-test e2e security browser wechat cluster-test  ## run every test
 
 lock:  ## re-pin requirements.txt from requirements.in
 	$(BIN)/python -m pip install --quiet -r requirements.in
