@@ -147,7 +147,7 @@ def supervisord_conf(cluster: Cluster) -> str:
     sections = [
         "[supervisord]\n"
         f"logfile={here / 'supervisord.log'}\npidfile={here / 'supervisord.pid'}\n"
-        f"childlogdir={here}\nnodaemon=true\n",
+        f"childlogdir={here}\nnodaemon=true\nsilent=true\n",
         f"[unix_http_server]\nfile={here / 'supervisor.sock'}\nchmod=0700\n",
         f"[supervisorctl]\nserverurl=unix://{here / 'supervisor.sock'}\n",
         "[rpcinterface:supervisor]\n"

@@ -386,3 +386,37 @@ def test_action_calls_time_out_as_configured(monkeypatch: pytest.MonkeyPatch) ->
 
     assert with_action_server(hung, run_lookup) == "timed out"
     assert len(calls) == 1
+
+
+def test_a_failing_tracker_store_fails_the_turn() -> None:
+    """Rasa's agent wraps the store in a FailSafeTrackerStore that answers a failed read with no
+    conversation and keeps a failed save in memory. With the patch, both raise (the channel then
+    answers with the apology); a working store is used as before."""
+    from rasa.core.tracker_store import InMemoryTrackerStore
+    from rasa.shared.core.trackers import DialogueStateTracker
+
+    from lakala_server.patches import tracker_failsafe
+
+    domain = Domain.from_dict(DOMAIN)
+
+    class Unreachable(InMemoryTrackerStore):
+        async def retrieve(self, sender_id: str) -> None:
+            raise ConnectionError("database restarting")
+
+        async def save(self, tracker: DialogueStateTracker) -> None:
+            raise ConnectionError("database restarting")
+
+    tracker = DialogueStateTracker("failsafe", domain.slots)
+    rasas = tracker_failsafe.RASA_CREATE_TRACKER_STORE(Unreachable(domain), domain)
+    assert asyncio.run(rasas.retrieve("failsafe")) is None  # Rasa alone: a stranger
+    asyncio.run(rasas.save(tracker))  # Rasa alone: kept in memory, nothing said
+
+    patched = tracker_failsafe._create_tracker_store(Unreachable(domain), domain)
+    with pytest.raises(tracker_failsafe.TrackerStoreUnavailable):
+        asyncio.run(patched.retrieve("failsafe"))
+    with pytest.raises(tracker_failsafe.TrackerStoreUnavailable):
+        asyncio.run(patched.save(tracker))
+
+    working = tracker_failsafe._create_tracker_store(InMemoryTrackerStore(domain), domain)
+    asyncio.run(working.save(tracker))
+    assert asyncio.run(working.retrieve("failsafe")).sender_id == "failsafe"
