@@ -21,7 +21,7 @@ from sanic.exceptions import Forbidden, InvalidUsage, Unauthorized
 from sanic.request import Request
 
 from lakala_common import log_masking
-from lakala_server import config, patches, texts
+from lakala_server import config, fallback, patches, texts
 from lakala_server.fallback import never_silent
 
 
@@ -114,4 +114,14 @@ class SafeRestInput(RestInput):
     def blueprint(
         self, on_new_message: Callable[[UserMessage], Awaitable[Any]]
     ) -> Blueprint:
-        return guard_server(super().blueprint(never_silent(on_new_message)))
+        blueprint = guard_server(super().blueprint(never_silent(on_new_message)))
+        blueprint.middleware(_retry_when_not_stored, "response")
+        return blueprint
+
+
+async def _retry_when_not_stored(request: Request, answer: Any) -> None:
+    """A turn the conversation store could not keep is answered with the apology and 503, so a
+    client that retries (with the same message id) sends it again once the store is back."""
+    if fallback.turn_not_stored.get() and answer is not None and answer.status == 200:
+        answer.status = 503
+        answer.headers["Retry-After"] = "2"

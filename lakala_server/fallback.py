@@ -1,9 +1,10 @@
 """The last line of defence against silence: if handling a message sent nothing
 back (the action server is down, a bug), the user still gets a short apology and
 the way to a human, taken from domain.yml."""
+import contextvars
 import copy
 import logging
-from typing import Any, Awaitable, Callable, Dict, List
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from rasa.core.channels.channel import UserMessage
 
@@ -12,6 +13,20 @@ from lakala_server import texts
 logger = logging.getLogger(__name__)
 
 FAILURE_RESPONSE = "utter_backend_failed"
+
+# Set in the handling task when the turn could not be stored (the conversation store failed):
+# the message is not part of the conversation, so a client may send it again (REST answers 503).
+turn_not_stored: contextvars.ContextVar[bool] = contextvars.ContextVar("turn_not_stored", default=False)
+
+
+def _store_failure(error: Optional[BaseException]) -> bool:
+    from lakala_server.patches.tracker_failsafe import TrackerStoreUnavailable
+
+    while error is not None:
+        if isinstance(error, TrackerStoreUnavailable):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def failure_message() -> Dict[str, Any]:
@@ -35,8 +50,10 @@ def never_silent(
         channel.send_response = counting  # type: ignore[method-assign]
         try:
             await on_new_message(message)
-        except Exception:
+        except Exception as error:
             logger.exception("handling a message failed; answering with the failure response")
+            if _store_failure(error):
+                turn_not_stored.set(True)
         finally:
             channel.send_response = original  # type: ignore[method-assign]
         if sent[0] == 0:

@@ -53,7 +53,7 @@ class Cluster:
     env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Cluster":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Cluster:
         def number(name: str, default: int) -> int:
             value = int(env.get(name, "").strip() or default)
             if value < 1:
@@ -183,6 +183,14 @@ def write_files(cluster: Cluster) -> None:
     cluster.supervisord_conf.write_text(supervisord_conf(cluster), encoding="utf-8")
 
 
+def shown(path: Path) -> str:
+    """A path as the operator reads it: relative to the repository when inside it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def answers(url: str) -> bool:
     try:
         urllib.request.urlopen(url, timeout=2).read()
@@ -208,7 +216,7 @@ def wait_until_up(cluster: Cluster, supervisor: subprocess.Popen) -> None:
             raise SystemExit(f"supervisord exited; see {cluster.directory / 'supervisord.log'}")
         if time.monotonic() > deadline:
             raise SystemExit(f"not answering after {START_TIMEOUT_SECONDS:.0f} s: {', '.join(pending)}; "
-                             f"see the logs in {cluster.directory.relative_to(ROOT)}")
+                             f"see the logs in {shown(cluster.directory)}")
         pending = {name: url for name, url in pending.items() if not answers(url)}
         time.sleep(0.5)
 
@@ -236,12 +244,13 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         wait_until_up(cluster, supervisor)
-        conf = cluster.supervisord_conf.relative_to(ROOT)
-        print(f"""拉卡拉客服助手 cluster is running: {cluster.replicas} Rasa replicas, {cluster.action_servers} action servers, nginx.
-  Chat:   http://localhost:{cluster.web_port}/
+        conf = shown(cluster.supervisord_conf)
+        print(f"拉卡拉客服助手 cluster is running: {cluster.replicas} Rasa replicas, "
+              f"{cluster.action_servers} action servers, nginx.")
+        print(f"""  Chat:   http://localhost:{cluster.web_port}/
   REST:   curl -s localhost:{cluster.rasa_port}/webhooks/rest/webhook -d '{{"sender":"me","message":"押金能退吗"}}'
   Status: .venv/bin/supervisorctl -c {conf} status
-  Logs:   {cluster.directory.relative_to(ROOT)}/
+  Logs:   {shown(cluster.directory)}/
 Press Ctrl-C to stop.""", flush=True)
         supervisor.wait()
     finally:
