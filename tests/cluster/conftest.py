@@ -1,0 +1,36 @@
+"""One cluster for the module's fault tests (starting one takes a minute on two cores)."""
+import json
+
+import pytest
+
+from tests.support.cluster import Cluster
+from tests.support.servers import MODEL, ROOT
+
+RESULTS = ROOT / "results" / "cluster"
+_rows: dict = {}
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    if not MODEL.exists():
+        pytest.fail("no trained model: run `make train`")
+    running = Cluster(tmp_path_factory.mktemp("cluster")).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def fault_table():
+    """Each fault case's counts, written to results/cluster/faults.json and printed at the end."""
+    yield _rows
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "faults.json").write_text(json.dumps(_rows, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _rows:
+        return
+    terminalreporter.write_line("fault case | sent | lost | duplicated | reordered | retried by the client")
+    for case, row in _rows.items():
+        terminalreporter.write_line(
+            f"{case} | {row['sent']} | {row['lost']} | {row['duplicated']} | {row['reordered']} | {row['retried']}")
