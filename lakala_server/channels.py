@@ -115,8 +115,14 @@ class SafeRestInput(RestInput):
         self, on_new_message: Callable[[UserMessage], Awaitable[Any]]
     ) -> Blueprint:
         blueprint = guard_server(super().blueprint(never_silent(on_new_message)))
+        blueprint.middleware(_new_turn, "request")
         blueprint.middleware(_retry_when_not_stored, "response")
         return blueprint
+
+
+async def _new_turn(request: Request) -> None:
+    # Sanic serves a kept-alive connection's requests in one task: start each with a clean flag.
+    fallback.turn_not_stored.set(False)
 
 
 async def _retry_when_not_stored(request: Request, answer: Any) -> None:

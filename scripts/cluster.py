@@ -29,6 +29,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from actions.config import DEFAULT_MAX_BODY_KB as DEFAULT_ACTION_MAX_BODY_KB  # noqa: E402
+from lakala_common.settings import number_from_env  # noqa: E402
 from lakala_server import config as server_config  # noqa: E402
 
 NGINX_TEMPLATE = ROOT / "deploy" / "local" / "nginx.conf.in"
@@ -95,6 +97,7 @@ def servers(ports: List[int]) -> str:
 def nginx_conf(cluster: Cluster) -> str:
     settings = server_config.from_env(cluster.env)
     action_read = max(0.5, settings.action_timeout_seconds - NGINX_ACTION_MARGIN_SECONDS)
+    action_max_kb = int(number_from_env("ACTION_SERVER_MAX_BODY_KB", DEFAULT_ACTION_MAX_BODY_KB, environ=cluster.env))
     values = {
         "@RASA_SERVERS@": servers(cluster.replica_ports),
         "@ACTION_SERVERS@": servers(cluster.action_ports),
@@ -102,6 +105,7 @@ def nginx_conf(cluster: Cluster) -> str:
         "@ACTION_PORT@": str(cluster.action_port),
         "@LISTEN_HOST@": cluster.listen_host,
         "@MAX_BODY@": f"{settings.max_request_kb}k",
+        "@ACTION_MAX_BODY@": f"{action_max_kb}k",
         "@ACTION_READ_TIMEOUT@": f"{int(action_read * 1000)}ms",
     }
     text = NGINX_TEMPLATE.read_text(encoding="utf-8")
