@@ -11,7 +11,7 @@ from typing import Callable, Dict
 
 import pytest
 
-from tests.support.cluster import Cluster, Load, audit, wait_for
+from tests.support.cluster import MESSAGE_ID_KEY, SCRIPT, TEST_ID_KEY, Cluster, Load, audit, audit_messages, wait_for
 from tests.support.servers import render
 
 SENDERS = 6
@@ -154,4 +154,69 @@ def cluster_say(cluster: Cluster, sender: str, text: str) -> list:
 @pytest.fixture(autouse=True)
 def _healthy_between_cases(cluster):
     yield
+    cluster.wait_healthy()
+
+
+SCRIPT_FOR_WEB = SCRIPT
+WEB_VISITORS = 6
+WEB_MESSAGES = 12
+
+
+def test_web_chats_go_on_when_their_replica_is_killed(cluster, fault_table):
+    """Web chats over WebSocket through nginx, one replica killed under them. A visitor whose
+    answer does not come (its socket died with the replica) reconnects, through nginx to a live
+    replica, rejoins its signed session and sends the message again with the same message id.
+    Counted: the replies lost before that retry, and what the tracker store holds afterwards."""
+    from tests.support.webchat import Visitor
+
+    tag = "web-kill"
+    sent: list = []
+    lost_before_retry = [0]
+
+    async def visitor(n: int) -> None:
+        guest = Visitor(cluster)
+        session = await guest.join()
+        for index in range(WEB_MESSAGES):
+            message_id = f"{tag}-{n}-{index}"
+            sent.append(message_id)
+            data = {"message": SCRIPT_FOR_WEB[index % len(SCRIPT_FOR_WEB)], "session_id": session,
+                    "customData": {MESSAGE_ID_KEY: message_id, TEST_ID_KEY: message_id}}
+            for attempt in range(30):
+                try:
+                    if await guest.send(data, wait=8):
+                        break
+                except Exception:  # noqa: BLE001 - a socket that died with its replica
+                    pass
+                if attempt == 0:
+                    lost_before_retry[0] += 1
+                await guest.close_quietly()
+                await asyncio.sleep(1.0)
+                guest = Visitor(cluster)
+                try:
+                    await guest.join(session)
+                except Exception:  # noqa: BLE001 - nginx may not know yet that the replica is gone
+                    pass
+            else:
+                raise AssertionError(f"{message_id} never answered")
+            await asyncio.sleep(0.2)
+        await guest.close_quietly()
+
+    async def everyone() -> None:
+        await asyncio.gather(*(visitor(n) for n in range(WEB_VISITORS)))
+
+    def kill() -> None:
+        os.kill(cluster.pid("rasa:rasa-0"), signal.SIGKILL)
+
+    thread = threading.Thread(target=lambda: asyncio.run(everyone()))
+    thread.start()
+    time.sleep(4)
+    kill()
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    row = audit_messages(cluster.postgres.url, tag, sent)
+    row["retried"] = lost_before_retry[0]
+    row["replies lost before a retry"] = lost_before_retry[0]
+    fault_table["kill -9 a Rasa replica under web chats (socket.io)"] = row
+    assert row["sent"] == WEB_VISITORS * WEB_MESSAGES
+    assert_nothing_lost(row)
     cluster.wait_healthy()

@@ -294,34 +294,36 @@ class Load:
 
 
 def audit(db_url: str, load: Load) -> Dict[str, int]:
+    """The counts for a REST load (see `audit_messages`)."""
+    row = audit_messages(db_url, load.tag, [item.message_id for item in load.sent])
+    row["retried"] = sum(1 for item in load.sent if item.first_attempt_failed)
+    return row
+
+
+def audit_messages(db_url: str, tag: str, sent: Sequence[str]) -> Dict[str, int]:
     """lost = sent − stored, duplicated = stored − unique, reordered = order inversions per
-    sender, counted from the user messages the tracker store holds for the load's senders."""
+    conversation, counted from the user messages the tracker store holds whose test id (ids are
+    `<tag>-<client>-<index>`) belongs to this run, on any channel."""
     engine = sa.create_engine(db_url)
     stored: Dict[str, List[str]] = defaultdict(list)
     try:
         with engine.connect() as connection:
             rows = connection.execute(
-                sa.text("SELECT sender_id, data FROM events WHERE type_name = 'user' AND sender_id LIKE :p "
-                        "ORDER BY id"),
-                {"p": f"rest:{load.tag}-%"},
+                sa.text("SELECT sender_id, data FROM events WHERE type_name = 'user' AND data LIKE :p ORDER BY id"),
+                {"p": f"%{tag}-%"},
             )
             for sender_id, data in rows:
-                test_id = (json.loads(data).get("metadata") or {}).get(TEST_ID_KEY)
-                if test_id:
-                    stored[sender_id[len("rest:"):]].append(test_id)
+                test_id = (json.loads(data).get("metadata") or {}).get(TEST_ID_KEY) or ""
+                if test_id.startswith(f"{tag}-"):
+                    stored[sender_id].append(test_id)
     finally:
         engine.dispose()
-    sent_ids = {item.message_id for item in load.sent}
+    sent_ids = set(sent)
     all_stored = [test_id for ids in stored.values() for test_id in ids]
     unique = set(all_stored)
     reordered = 0
     for ids in stored.values():
         order = [int(test_id.rsplit("-", 1)[1]) for test_id in dict.fromkeys(ids)]
         reordered += sum(1 for i, a in enumerate(order) for b in order[i + 1:] if b < a)
-    return {
-        "sent": len(sent_ids),
-        "lost": len(sent_ids - unique),
-        "duplicated": len(all_stored) - len(unique),
-        "reordered": reordered,
-        "retried": sum(1 for item in load.sent if item.first_attempt_failed),
-    }
+    return {"sent": len(sent_ids), "lost": len(sent_ids - unique), "duplicated": len(all_stored) - len(unique),
+            "reordered": reordered}

@@ -54,6 +54,13 @@ class Visitor:
     async def close(self) -> None:
         await self.client.disconnect()
 
+    async def close_quietly(self) -> None:
+        """Disconnects if still connected; a socket whose server died is simply dropped."""
+        try:
+            await self.client.disconnect()
+        except Exception:  # noqa: BLE001 - nothing to close on a dead connection
+            pass
+
 
 def run(coroutine: Any) -> Any:
     """In a thread of its own, so it works beside Playwright's loop in the same session."""
