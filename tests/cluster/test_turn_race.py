@@ -3,13 +3,15 @@ arrive 0, 2 or 10 ms apart, the way Rasa's processor handles a message: lock the
 retrieve the tracker, add the turn's events, work, save, release. Then the events table is
 audited, turn by turn:
 
-  lost        turns sent whose four events are not all stored
+  lost        turns sent whose four events are not all stored, for whatever reason
   silent      of those, turns whose replica saved them without an error
   duplicated  events stored more than once
   interleaved turns whose events are not one contiguous block, in order
-  reordered   pairs of turns stored in the opposite order to their arrival
+  reordered   pairs of turns stored in the opposite order to their arrival (more than
+              ARRIVAL_TOLERANCE_NS apart)
   failed      turns whose lock raised or that hung (the user would see an error)
-  refused     saves the tracker store refused (a stale read); the turn is retried
+  refused     saves the tracker store refused (a stale read); the turn is retried, and is
+              lost only if no retry is stored
 
 With lakala_server.lock_store on Redis and the project's tracker store everything is 0. With
 Rasa's stock RedisLockStore and SQLTrackerStore the same race loses or misplaces turns
@@ -33,7 +35,7 @@ from tests.redis_server import delete_keys, namespace, redis_url
 
 REPLICAS = (2, 4)
 GAPS_MS = (0, 2, 10)
-TURNS_PER_REPLICA = 6
+TURNS_PER_REPLICA = 8
 WORK_S = 0.02
 # The same lock parameters for both stores: poll (Rasa's wait time) every 50 ms rather than
 # Rasa's 1 s, and a lifetime that ends a stock-store deadlock within the test's time.
@@ -192,7 +194,7 @@ def test_with_our_lock_store_every_turn_is_stored_once_whole_and_in_arrival_orde
 
 def test_with_rasas_stock_redis_lock_store_the_same_race_loses_or_misplaces_turns(race) -> None:
     table = run_cases(race, "stock")
-    damage = sum(row["silent"] + row["duplicated"] + row["interleaved"] for row in table)
+    damage = sum(row["lost"] + row["duplicated"] + row["interleaved"] for row in table)
     assert damage > 0, "Rasa's stock RedisLockStore kept every turn: the race did not race"
 
 
