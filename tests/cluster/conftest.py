@@ -1,8 +1,10 @@
-"""One cluster for the module's fault tests (starting one takes a minute on two cores)."""
+"""The cluster tests' fixtures: one cluster for the fault tests (starting one takes a minute on
+two cores), the table of their counts, and the PostgreSQL server the race tests use."""
 import json
 
 import pytest
 
+from tests import postgres
 from tests.support.cluster import Cluster
 from tests.support.servers import MODEL, ROOT
 
@@ -27,7 +29,13 @@ def fault_table():
     (RESULTS / "faults.json").write_text(json.dumps(_rows, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
+@pytest.fixture(scope="module")
+def postgres_base_url(request) -> str:
+    return postgres.reachable_postgres_url(request.node.nodeid)
+
+
 def pytest_terminal_summary(terminalreporter):
+    postgres.pytest_terminal_summary(terminalreporter)
     if not _rows:
         return
     terminalreporter.write_line("fault case | sent | lost | duplicated | reordered | retried by the client")

@@ -104,6 +104,7 @@ class Bot:
                         "url": f"http://127.0.0.1:{self.action_port}/webhook", "token": self.action_token,
                     },
                     "tracker_store": {"type": "lakala_server.tracker_store.UrlSQLTrackerStore"},
+                    "lock_store": {"type": "lakala_server.lock_store.ConversationLockStore"},
                 }
             )
         )
