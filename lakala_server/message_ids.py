@@ -328,7 +328,7 @@ def exactly_once(
         key = record_key(message.input_channel or "", message.sender_id, message_id)
         store = records()
         try:
-            turn = await settle(store, key)
+            turn = await settle(store, key, WAIT_SECONDS)
         except RedisError:
             logger.exception("the message id store failed; the message is not handled")
             await _say(message, texts.response(FAILURE_RESPONSE))

@@ -3,6 +3,7 @@ Redis, and the wrapper around a channel's message handler. The whole path throug
 server, with one replica and with two: tests/e2e/test_client_message_ids.py and
 tests/cluster/test_client_message_ids.py."""
 import asyncio
+import socket
 
 import pytest
 import redis.asyncio as aioredis
@@ -209,13 +210,13 @@ def wrapper_mode(kind, monkeypatch, request):
         delete_matching(request.getfixturevalue("redis_url"), shared.key("message", "rest", sender, "*"))
 
 
-def run_wrapped(sender, metadatas, concurrently=False):
+def run_wrapped(sender, metadatas, concurrently=False, turn_seconds=0.2):
     """Sends one message per metadata through exactly_once; (handled count, each one's replies)."""
     handled = []
 
     async def handler(message):
         handled.append(message.metadata)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(turn_seconds)
         await message.output_channel.send_response(message.sender_id, {"text": f"第{len(handled)}次处理"})
 
     async def scenario():
@@ -256,3 +257,24 @@ def test_an_invalid_id_is_answered_politely_and_not_handled(wrapper_mode):
     handled, replies = run_wrapped(wrapper_mode, [{"message_id": "不对"}, {"message_id": "x" * 65}])
     assert handled == 0
     assert replies == [[render("utter_message_id_invalid")]] * 2
+
+
+def test_a_retry_that_waited_long_enough_is_told_to_retry_later(wrapper_mode, monkeypatch):
+    monkeypatch.setattr(message_ids, "WAIT_SECONDS", 0.3)
+    handled, replies = run_wrapped(wrapper_mode, [{"message_id": "slow"}] * 2, concurrently=True, turn_seconds=1.5)
+    assert handled == 1
+    assert sorted(replies) == sorted([["第1次处理"], [render("utter_message_in_progress")]])
+    handled, replies = run_wrapped(wrapper_mode, [{"message_id": "slow"}])
+    assert handled == 0 and replies == [["第1次处理"]]
+
+
+def test_without_redis_a_message_with_an_id_gets_the_apology_and_is_not_handled(monkeypatch):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setattr(shared, "_clients", {})
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    handled, replies = run_wrapped(unique("rest:unit"), [{"message_id": "m1"}, None])
+    assert handled == 1  # only the message without an id
+    assert replies[0] == [render("utter_backend_failed")]
+    assert replies[1] == ["第1次处理"]
