@@ -9,6 +9,8 @@ Who may use REST, and as which conversation (Rasa's REST channel believes any `s
 - else (the default, what `make run` gives a newcomer): loopback clients only.
 Stored REST conversations are named `rest:<sender>`, so a REST caller can never address a
 WeChat or web-chat conversation, and the channel is always `rest`, whatever the body says.
+A message carrying `metadata.message_id` is handled once, its retries answered with the first
+answer (message_ids.py).
 """
 import ipaddress
 from typing import Any, Awaitable, Callable, Optional
@@ -21,8 +23,9 @@ from sanic.exceptions import Forbidden, InvalidUsage, Unauthorized
 from sanic.request import Request
 
 from lakala_common import log_masking
-from lakala_server import config, fallback, patches, texts
+from lakala_server import config, fallback, message_ids, patches, texts
 from lakala_server.fallback import never_silent
+from lakala_server.message_ids import exactly_once
 
 
 def max_request_bytes() -> int:
@@ -56,6 +59,7 @@ def guard_server(blueprint: Blueprint) -> Blueprint:
             return
         app.ctx.lakala_frozen = True
         texts.use(getattr(getattr(app.ctx, "agent", None), "domain", None))  # loaded before the start
+        message_ids.use(app)
         await patches.freeze_loaded_objects()
 
     blueprint.listener("before_server_start")(before_start)
@@ -114,7 +118,7 @@ class SafeRestInput(RestInput):
     def blueprint(
         self, on_new_message: Callable[[UserMessage], Awaitable[Any]]
     ) -> Blueprint:
-        blueprint = guard_server(super().blueprint(never_silent(on_new_message)))
+        blueprint = guard_server(super().blueprint(exactly_once(never_silent(on_new_message))))
         blueprint.middleware(_new_turn, "request")
         blueprint.middleware(_retry_when_not_stored, "response")
         return blueprint

@@ -8,7 +8,9 @@ A socket joins one session, the one it was given or a signed one it brings back 
 reload, and a message naming any other session is refused. The conversation is stored as
 `web:<id>`, so no other channel can address it, and answers go to the sockets of that
 session only. Messages count against the sender's per-client rate limit (ratelimit.py), also
-over a WebSocket, where the HTTP middleware sees nothing after the upgrade.
+over a WebSocket, where the HTTP middleware sees nothing after the upgrade. A message carrying
+`metadata.message_id` is handled once; a retry, after a reconnect too, gets the first answer
+emitted to its session again (message_ids.py).
 """
 import base64
 import hashlib
@@ -25,6 +27,7 @@ from sanic import Blueprint
 from lakala_server import config, ratelimit, texts
 from lakala_server.channels import guard_server, max_request_bytes
 from lakala_server.fallback import never_silent
+from lakala_server.message_ids import exactly_once
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +106,7 @@ class SafeSocketIOInput(SocketIOInput):
     def blueprint(
         self, on_new_message: Callable[[UserMessage], Awaitable[Any]]
     ) -> Blueprint:
-        blueprint = super().blueprint(never_silent(on_new_message))
+        blueprint = super().blueprint(exactly_once(never_silent(on_new_message)))
         # Rasa creates the server with cors_allowed_origins=[], which turns engine.io's origin
         # check off, so any web page could talk to the bot in its visitor's name. With a list,
         # engine.io refuses other origins (polling and WebSocket) and answers CORS for these.

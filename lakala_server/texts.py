@@ -37,6 +37,9 @@ def responses() -> Dict[str, List[Dict[str, Any]]]:
 
 def response(name: str) -> Dict[str, Any]:
     """The first variation of response `name`, without its condition; a copy the caller may change."""
-    variation = copy.deepcopy(responses()[name][0])
+    found = responses().get(name)
+    if found is None:  # a channel's own text, newer than the model the server loaded
+        found = _domain_from_files().responses[name]
+    variation = copy.deepcopy(found[0])
     variation.pop("condition", None)
     return variation
