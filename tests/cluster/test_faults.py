@@ -180,7 +180,7 @@ def test_web_chats_go_on_when_their_replica_is_killed(cluster, fault_table):
             message_id = f"{tag}-{n}-{index}"
             sent.append(message_id)
             data = {"message": SCRIPT_FOR_WEB[index % len(SCRIPT_FOR_WEB)], "session_id": session,
-                    "customData": {MESSAGE_ID_KEY: message_id, TEST_ID_KEY: message_id}}
+                    "metadata": {MESSAGE_ID_KEY: message_id, TEST_ID_KEY: message_id}}
             for attempt in range(30):
                 try:
                     if await guest.send(data, wait=8):
