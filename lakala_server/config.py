@@ -24,6 +24,8 @@ DEFAULT_RETENTION_DAYS = 90.0
 DEFAULT_ALLOWED_ORIGINS = "http://localhost:8080,http://127.0.0.1:8080"
 DEFAULT_WECHAT_MESSAGE_MODE = "safe"
 DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
+# An unacknowledged WeChat outbox entry this old belongs to a dead replica (wechat/cluster.py).
+DEFAULT_WECHAT_OUTBOX_RECLAIM_SECONDS = 60.0
 DEFAULT_TRACKER_DB_PATH = Path("var") / "tracker.db"  # in the working directory, as `make run` starts it
 
 
@@ -55,6 +57,7 @@ class ServerSettings:
     wechat_message_mode: str  # WECHAT_MESSAGE_MODE: safe (default), compat or plain
     wechat_api_base: str  # WECHAT_API_BASE: WeChat's API (tests point it at a fake)
     redis_url: str  # REDIS_URL: shared state of several replicas; empty: one process, state in memory
+    wechat_outbox_reclaim_seconds: float  # WECHAT_OUTBOX_RECLAIM_SECONDS: a dead replica's answers resent after
 
     @property
     def max_request_bytes(self) -> int:
@@ -84,6 +87,8 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> ServerSettings:
         wechat_message_mode=env.get("WECHAT_MESSAGE_MODE", "").strip().lower() or DEFAULT_WECHAT_MESSAGE_MODE,
         wechat_api_base=(env.get("WECHAT_API_BASE", "").strip() or DEFAULT_WECHAT_API_BASE).rstrip("/"),
         redis_url=env.get("REDIS_URL", "").strip(),
+        wechat_outbox_reclaim_seconds=number_from_env(
+            "WECHAT_OUTBOX_RECLAIM_SECONDS", DEFAULT_WECHAT_OUTBOX_RECLAIM_SECONDS, environ=env),
     )
 
 
