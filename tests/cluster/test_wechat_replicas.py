@@ -20,8 +20,10 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from lakala_server.wechat import delivery as delivery_module
 from lakala_server.wechat.api import TOKEN_PREFIX, CustomerServiceClient
-from lakala_server.wechat.cluster import GROUP, Cluster, OutboxStream
+from lakala_server.wechat.cluster import GROUP, Cluster, MessageShare, OutboxStream
+from lakala_server.wechat.delivery import Delivery, Outbox, State
 from lakala_server.wechat.simulator import FakeWeChatAPI
 from tests.postgres import postgres_schema, reachable_postgres_url
 from tests.support.expect import assert_said, assert_turn
@@ -132,6 +134,73 @@ def test_the_outbox_sends_each_answer_once_and_takes_over_a_dead_senders(appid):
         assert (await redis_client.xpending(dead_outbox.stream, GROUP))["pending"] == 0
 
     asyncio.run(scenario())
+
+
+# --- one message's Delivery and a request on another replica -------------------------------------
+
+async def answer_after(seconds: float, answer: str) -> str:
+    await asyncio.sleep(seconds)
+    return answer
+
+
+def test_an_answer_awaiting_a_retry_is_taken_by_the_retry_on_another_replica(appid, monkeypatch):
+    # Without the customer-service API a ready answer waits for WeChat's retry, which here
+    # reaches another replica: that request takes it, and the first replica never carries it over.
+    monkeypatch.setattr(delivery_module, "GIVE_UP_SECONDS", 0.5)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        here, there = Cluster(appid, 60), Cluster(appid, 60)
+        outbox = Outbox(None, 60, here.user_store("carried", 60))
+        key = "msg:oUserRetryThere:1"
+        delivery = Delivery("oUserRetryThere", outbox, 0.1, "稍等", share=MessageShare(here, key))
+        delivery.start(answer_after(0.2, "答案"))
+        dropped = loop.create_task(delivery.answer(loop.time()))  # WeChat hung up on this one
+        await asyncio.sleep(0.05)
+        dropped.cancel()
+        while delivery.state is not State.AWAITING_RETRY:
+            await asyncio.sleep(0.01)
+        found, reply = await there.published(key)
+        taken = await there.claim(key, there.claimant())
+        await asyncio.sleep(1.0)
+        return delivery, (found, reply, taken), await outbox.passive("oUserRetryThere", "下一条")
+
+    delivery, elsewhere, next_reply = asyncio.run(scenario())
+    assert elsewhere == (True, "答案", True)
+    assert delivery.history == [State.RECEIVED, State.PROCESSING, State.AWAITING_RETRY, State.DELIVERED_BY_RETRY]
+    assert next_reply == "下一条"
+
+
+def test_a_deferred_answer_goes_through_the_outbox_once_while_a_retry_elsewhere_is_acknowledged(appid):
+    api = FakeWeChatAPI(appid, SETTINGS["WECHAT_APPSECRET"]).start()
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        here, there = Cluster(appid, 60, RECLAIM_SECONDS), Cluster(appid, 60, RECLAIM_SECONDS)
+        outbox = Outbox(CustomerServiceClient(appid, SETTINGS["WECHAT_APPSECRET"], api.base_url), 60,
+                        here.user_store("carried", 60))
+        outbox.stream = OutboxStream(here, outbox.send_now)
+        key = "msg:oUserDeferred:1"
+        delivery = Delivery("oUserDeferred", outbox, 0.1, "稍等", share=MessageShare(here, key))
+        delivery.start(answer_after(0.3, "慢答案"))
+        assert await delivery.answer(loop.time()) is None  # "success" in time
+        while delivery.state is not State.QUEUED:
+            await asyncio.sleep(0.01)
+        # WeChat's retry on another replica finds the answer already claimed: it acknowledges.
+        found, reply = await there.published(key)
+        assert (found, reply) == (True, "慢答案")
+        assert not await there.claim(key, there.claimant())
+        for _ in range(3):
+            await outbox.stream.run_once(block_ms=100)
+        await outbox.close()
+        return delivery
+
+    try:
+        delivery = asyncio.run(scenario())
+        assert delivery.history == [State.RECEIVED, State.PROCESSING, State.DEFERRED, State.SENDING, State.QUEUED]
+        assert api.messages_to("oUserDeferred") == ["慢答案"]
+    finally:
+        api.stop()
 
 
 # --- two real Rasa servers --------------------------------------------------------------------------
