@@ -29,6 +29,7 @@ from lakala_server.wechat.api import CustomerServiceClient
 from lakala_server.wechat.cluster import POLL_SECONDS, Cluster, MessageShare, OutboxStream
 from lakala_server.wechat.delivery import (
     DEDUPE_TTL_SECONDS,
+    LAST_DELIVERY,
     WECHAT_TIMEOUT_SECONDS,
     Deliveries,
     Delivery,
@@ -221,9 +222,11 @@ class WeChatInput(InputChannel):
     async def _answer_from_elsewhere(self, inbound: Inbound, arrived: float) -> Optional[str]:
         """The passive reply for a delivery of a message another replica handles: its answer if
         published within the deadline and no other request or sender has claimed it, else None
-        (acknowledged: the other replica sends it or keeps it for a retry)."""
+        (acknowledged: the other replica sends it or keeps it for a retry), or without the API
+        the apology on WeChat's last delivery."""
         loop = asyncio.get_running_loop()
         claimant = self.cluster.claimant()
+        attempt = await self.cluster.count_delivery(inbound.key, 1)
         while True:
             found, reply = await self.cluster.published(inbound.key)
             if found:
@@ -232,6 +235,8 @@ class WeChatInput(InputChannel):
             if remaining <= 0:
                 break
             await asyncio.sleep(min(POLL_SECONDS, remaining))
+        if self.api is None and attempt >= LAST_DELIVERY:
+            return self.texts.still_working
         if self.api is None:
             # As delivery.py does without the API: silent past WeChat's timeout, so that it retries.
             await asyncio.sleep(max(0.0, WECHAT_TIMEOUT_SECONDS + 1 - (loop.time() - arrived)))

@@ -84,6 +84,17 @@ class Cluster:
             return False, None
         return True, json.loads(raw)["reply"]
 
+    async def count_delivery(self, message_key: str, fallback: int) -> int:
+        """Which of WeChat's deliveries of the message this is, counted on every replica
+        (`fallback`, this replica's count, if Redis fails)."""
+        key = self.key("deliveries", message_key)
+        try:
+            async with self.redis().pipeline(transaction=True) as pipe:
+                count, _ = await pipe.incr(key).expire(key, self.dedupe_seconds).execute()
+            return int(count)
+        except RedisError:
+            return fallback
+
     async def claim(self, message_key: str, claimant: str) -> bool:
         """True for the one claimant (a waiting request, or the outbox) that hands the answer
         to the user; the same claimant may ask again."""
@@ -114,6 +125,9 @@ class MessageShare:
 
     async def claim(self) -> bool:
         return await self.cluster.claim(self.message_key, self._claimant)
+
+    async def count_delivery(self, fallback: int) -> int:
+        return await self.cluster.count_delivery(self.message_key, fallback)
 
 
 class OutboxStream:

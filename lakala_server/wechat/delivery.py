@@ -253,6 +253,8 @@ class Delivery:
         loop = asyncio.get_running_loop()
         self.deliveries += 1
         attempt = self.deliveries
+        if self.share is not None:
+            attempt = await self.share.count_delivery(attempt)
         if self.state is State.AWAITING_RETRY:
             mine = await self._taken()
             if self.state is not State.AWAITING_RETRY:

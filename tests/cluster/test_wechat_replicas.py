@@ -203,6 +203,23 @@ def test_a_deferred_answer_goes_through_the_outbox_once_while_a_retry_elsewhere_
         api.stop()
 
 
+def test_without_the_api_the_last_delivery_on_another_replica_gets_the_apology(appid):
+    from lakala_server.wechat.channel import WeChatInput
+    from lakala_server.wechat.envelope import Inbound
+
+    channel = WeChatInput(SETTINGS["WECHAT_TOKEN"], appid, SETTINGS["WECHAT_ENCODING_AES_KEY"], "",
+                          reply_deadline_seconds=0.5)
+    inbound = Inbound("oUserLast", None, False, "1", "msg:oUserLast:1", "text", "")
+
+    async def scenario():
+        # WeChat's first two deliveries went to the replica still working on the message.
+        for attempt in (1, 2):
+            await channel.cluster.count_delivery(inbound.key, attempt)
+        return await channel._answer_from_elsewhere(inbound, asyncio.get_running_loop().time())
+
+    assert asyncio.run(scenario()) == channel.texts.still_working
+
+
 # --- two real Rasa servers --------------------------------------------------------------------------
 
 class Replicas:
