@@ -182,14 +182,17 @@ class WeChatInput(InputChannel):
                 return None
             await safe(message)
             reply, options = render(output.messages, self.texts.option_line)
-            # The options offered in this turn replace whatever was offered before.
+        except Exception:
+            logger.exception("handling a WeChat message failed; answering with the failure response")
+            return str(fallback.failure_message().get("text", "")) or None
+        # The options offered in this turn replace whatever was offered before.
+        try:
             if options:
                 await self._options.put(inbound.openid, [dataclasses.asdict(option) for option in options])
             else:
                 await self._options.pop(inbound.openid)
         except Exception:
-            logger.exception("handling a WeChat message failed; answering with the failure response")
-            return str(fallback.failure_message().get("text", "")) or None
+            logger.exception("keeping the options offered to a WeChat user failed; they answer in words")
         return reply or None
 
     def _start(self, inbound: Inbound, safe: Handler, raw: Handler) -> Delivery:
