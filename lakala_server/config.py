@@ -26,6 +26,8 @@ DEFAULT_WECHAT_MESSAGE_MODE = "safe"
 DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
 # A custom action's answer is awaited this long; then the turn is answered with the apology.
 DEFAULT_ACTION_TIMEOUT_SECONDS = 3.0
+# An unacknowledged WeChat outbox entry this old belongs to a dead replica (wechat/cluster.py).
+DEFAULT_WECHAT_OUTBOX_RECLAIM_SECONDS = 60.0
 DEFAULT_TRACKER_DB_PATH = Path("var") / "tracker.db"  # in the working directory, as `make run` starts it
 
 
@@ -58,6 +60,7 @@ class ServerSettings:
     wechat_api_base: str  # WECHAT_API_BASE: WeChat's API (tests point it at a fake)
     action_timeout_seconds: float  # ACTION_TIMEOUT_SECONDS: how long one action-server call may take
     redis_url: str  # REDIS_URL: shared state of several replicas; empty: one process, state in memory
+    wechat_outbox_reclaim_seconds: float  # WECHAT_OUTBOX_RECLAIM_SECONDS: a dead replica's answers resent after
 
     @property
     def max_request_bytes(self) -> int:
@@ -88,6 +91,8 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> ServerSettings:
         wechat_api_base=(env.get("WECHAT_API_BASE", "").strip() or DEFAULT_WECHAT_API_BASE).rstrip("/"),
         action_timeout_seconds=number_from_env("ACTION_TIMEOUT_SECONDS", DEFAULT_ACTION_TIMEOUT_SECONDS, environ=env),
         redis_url=env.get("REDIS_URL", "").strip(),
+        wechat_outbox_reclaim_seconds=number_from_env(
+            "WECHAT_OUTBOX_RECLAIM_SECONDS", DEFAULT_WECHAT_OUTBOX_RECLAIM_SECONDS, environ=env),
     )
 
 

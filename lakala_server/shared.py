@@ -7,7 +7,8 @@ One client per process and event loop, created on first use (nothing connects at
 from __future__ import annotations
 
 import asyncio
-from typing import Dict, Optional
+import weakref
+from typing import Optional
 
 import redis.asyncio as aioredis
 
@@ -17,7 +18,8 @@ KEY_PREFIX = "lakala:"
 # A Redis call that takes longer than this is a failure the caller answers with an apology.
 SOCKET_TIMEOUT_SECONDS = 2.0
 
-_clients: Dict[int, aioredis.Redis] = {}
+# By the loop itself, not its id: a new loop may get a closed one's id (asyncio.run in tools, tests).
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
 
 
 def enabled() -> bool:
@@ -34,12 +36,12 @@ def client() -> Optional[aioredis.Redis]:
     url = config.current().redis_url
     if not url:
         return None
-    loop_id = id(asyncio.get_running_loop())
-    found = _clients.get(loop_id)
+    loop = asyncio.get_running_loop()
+    found = _clients.get(loop)
     if found is None:
         found = aioredis.Redis.from_url(
             url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
             health_check_interval=30,
         )
-        _clients[loop_id] = found
+        _clients[loop] = found
     return found

@@ -5,8 +5,9 @@
     delivery.py   one message however often WeChat delivers it: the Delivery state machine,
                   the outbox for late answers, the dedupe
     channel.py    the Rasa InputChannel (credentials.wechat.yml names it lakala_server.wechat.WeChatInput)
-    api.py        WeChat's customer-service message API client
-    expiring.py   the small expiring per-user store the others share
+    api.py        WeChat's customer-service message API client (the access_token in Redis with REDIS_URL)
+    cluster.py    what replicas share in Redis (REDIS_URL): dedupe, published answers, the outbox stream
+    expiring.py   the small expiring per-user stores the others share (in memory or Redis)
     simulator.py  WeChat's side, for the demo and the tests (python -m lakala_server.wechat.simulator)
 """
 from typing import Any

@@ -1,15 +1,18 @@
 """WeChat's customer-service message API (客服消息), for answers that were not ready within
-WeChat's 5-second window: an aiohttp client with a cached access_token."""
+WeChat's 5-second window: an aiohttp client with a cached access_token. With REDIS_URL the
+token is kept in Redis where wechatpy's RedisStorage keeps it (`lakala:wechatpy:<appid>_access_token`,
+JSON), and one replica at a time fetches it, under a Redis lock; the others wait and read it."""
 import asyncio
 import json
 import logging
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import aiohttp
+from redis.exceptions import RedisError
 from wechatpy.constants import WeChatErrorCode
 
-from lakala_server import config
+from lakala_server import config, shared
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +25,10 @@ TOKEN_ERRORS = {
 }
 # Refresh this long before WeChat says the token expires (its tokens live 7200 s).
 MAX_REFRESH_MARGIN_SECONDS = 300.0
+# wechatpy.session.redisstorage.RedisStorage(redis, prefix=TOKEN_PREFIX) reads the same token.
+TOKEN_PREFIX = shared.key("wechatpy")
+# The refresh lock outlives one token request (10 s); a replica waits this long for another's.
+TOKEN_LOCK_SECONDS = 15.0
 
 
 class WeChatAPIError(Exception):
@@ -103,26 +110,69 @@ class CustomerServiceClient:
             raise WeChatAPIError(errcode, str(result.get("errmsg", "")))
         return result
 
+    def token_key(self) -> str:
+        """Where wechatpy's RedisStorage keeps this account's token (its WeChatClient's key)."""
+        return f"{TOKEN_PREFIX}:{self._appid}_access_token"
+
+    async def _fetch_token(self) -> Tuple[str, float]:
+        """A new token from WeChat and how long to use it."""
+        result = await self._call(
+            "GET",
+            "/cgi-bin/token",
+            params={"grant_type": "client_credential", "appid": self._appid, "secret": self._secret},
+        )
+        token = result.get("access_token")
+        if not token:
+            raise WeChatAPIError(-1, "no access_token in the answer")
+        lifetime = float(result.get("expires_in") or 7200)
+        logger.info("WeChat access_token fetched; valid for %.0f s", lifetime)
+        return str(token), lifetime - min(MAX_REFRESH_MARGIN_SECONDS, lifetime / 10)
+
+    async def _shared_token(self, redis: Any, rejected: Optional[str]) -> str:
+        key = self.token_key()
+
+        async def stored() -> Optional[str]:
+            raw = await redis.get(key)
+            token = json.loads(raw) if raw is not None else None
+            return token if token and token != rejected else None
+
+        token = await stored()
+        if token:
+            return token
+        # One refresher at a time (SET NX PX); the others wait for the lock, then read its token.
+        lock = redis.lock(key + ":refresh", timeout=TOKEN_LOCK_SECONDS, sleep=0.05,
+                          blocking_timeout=TOKEN_LOCK_SECONDS)
+        if not await lock.acquire():
+            raise WeChatAPIError(-1, "another replica is still fetching the access_token")
+        try:
+            token = await stored()
+            if token:
+                return token
+            token, use_for = await self._fetch_token()
+            await redis.set(key, json.dumps(token), ex=max(1, int(use_for)))
+            return token
+        finally:
+            try:
+                await lock.release()
+            except RedisError:
+                pass  # it expired: the next refresher takes it
+
     async def access_token(self, rejected: Optional[str] = None) -> str:
         """The cached token, fetched again when close to expiry or when WeChat `rejected` it."""
+        redis = shared.client()
+        if redis is not None:
+            try:
+                return await self._shared_token(redis, rejected)
+            except RedisError as error:
+                raise WeChatAPIError(-1, f"Redis failed: {type(error).__name__}") from None
         if self._token_lock is None:
             self._token_lock = asyncio.Lock()
         async with self._token_lock:
             # Another caller may have fetched a new one while this one waited for the lock.
             if self._token and self._token != rejected and time.monotonic() < self._token_expires_at:
                 return self._token
-            result = await self._call(
-                "GET",
-                "/cgi-bin/token",
-                params={"grant_type": "client_credential", "appid": self._appid, "secret": self._secret},
-            )
-            token = result.get("access_token")
-            if not token:
-                raise WeChatAPIError(-1, "no access_token in the answer")
-            lifetime = float(result.get("expires_in") or 7200)
-            margin = min(MAX_REFRESH_MARGIN_SECONDS, lifetime / 10)
-            self._token, self._token_expires_at = str(token), time.monotonic() + lifetime - margin
-            logger.info("WeChat access_token fetched; valid for %.0f s", lifetime)
+            token, use_for = await self._fetch_token()
+            self._token, self._token_expires_at = token, time.monotonic() + use_for
             return self._token
 
     async def _send(self, payload: Dict[str, Any]) -> None:

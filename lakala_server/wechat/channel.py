@@ -6,8 +6,13 @@ The channel opens each message once (envelope.py), runs it through the bot once 
 WeChat delivers it, and answers each delivery as delivery.py decides: within the window when it
 can, otherwise on WeChat's retry or through the customer-service message API. Buttons become
 numbered options the user answers with a number or the option text (render.py).
+
+With REDIS_URL the channel runs on several replicas (cluster.py): the dedupe, the options
+offered, the carried-over answers, the access_token and the outbox of late answers live in
+Redis, so any replica can receive any delivery of any message.
 """
 import asyncio
+import dataclasses
 import logging
 import re
 from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
@@ -18,13 +23,21 @@ from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from lakala_server import config, fallback
+from lakala_server import config, fallback, shared
 from lakala_server.channels import guard_server
 from lakala_server.wechat.api import CustomerServiceClient
-from lakala_server.wechat.delivery import WECHAT_TIMEOUT_SECONDS, Deliveries, Delivery, Outbox
+from lakala_server.wechat.cluster import POLL_SECONDS, Cluster, MessageShare, OutboxStream
+from lakala_server.wechat.delivery import (
+    DEDUPE_TTL_SECONDS,
+    LAST_DELIVERY,
+    WECHAT_TIMEOUT_SECONDS,
+    Deliveries,
+    Delivery,
+    Outbox,
+)
 from lakala_server.wechat.envelope import DEFAULT_MESSAGE_MODE, MESSAGE_MODES, Envelope, Inbound, Rejected
-from lakala_server.wechat.expiring import Expiring
-from lakala_server.wechat.render import WeChatOutput, load_texts, render, resolve_option
+from lakala_server.wechat.expiring import UserStore
+from lakala_server.wechat.render import Option, WeChatOutput, load_texts, render, resolve_option
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +111,20 @@ class WeChatInput(InputChannel):
         self.api = CustomerServiceClient(appid, appsecret, api_base) if appsecret else None
         self.reply_deadline = reply_deadline_seconds
         self.texts = load_texts()
-        self.outbox = Outbox(self.api, self.texts.options_ttl_seconds)
+        ttl = self.texts.options_ttl_seconds
         self._deliveries = Deliveries()
-        self._options = Expiring(self.texts.options_ttl_seconds)
+        self._first: Dict[str, asyncio.Task[bool]] = {}
+        self._sender: Optional[asyncio.Task] = None
+        self.cluster: Optional[Cluster] = None
+        if shared.enabled():
+            self.cluster = Cluster(appid, DEDUPE_TTL_SECONDS, config.current().wechat_outbox_reclaim_seconds)
+            self.outbox = Outbox(self.api, ttl, self.cluster.user_store("carried", ttl))
+            if self.api is not None:
+                self.outbox.stream = OutboxStream(self.cluster, self.outbox.send_now)
+            self._options: UserStore = self.cluster.user_store("options", ttl)
+        else:
+            self.outbox = Outbox(self.api, ttl)
+            self._options = UserStore(ttl)
 
     def verify_and_parse(self, request: Request) -> Inbound:
         """The request's message, if it is WeChat's; raises Rejected otherwise."""
@@ -108,7 +132,7 @@ class WeChatInput(InputChannel):
 
     # --- dispatch -----------------------------------------------------------------------------
 
-    def _user_message(self, inbound: Inbound) -> Tuple[str, Optional[str]]:
+    async def _user_message(self, inbound: Inbound) -> Tuple[str, Optional[str]]:
         """(kind, text): kind is "bot" (text goes to Rasa), "reply" (the channel answers with
         text itself), "reset" (the conversation ends) or "ignore"."""
         message: Any = inbound.message
@@ -129,17 +153,20 @@ class WeChatInput(InputChannel):
             return "reply", self.texts.voice_unrecognized
         else:
             return "reply", self.texts.unsupported
-        options = self._options.pop(inbound.openid) or []
+        options = [Option(**option) for option in await self._options.pop(inbound.openid) or []]
         picked = resolve_option(text, options)
         if picked is not None:
             return "bot", picked.payload
         # Typed text is never read as an "/intent" payload: only offered options are.
         return "bot", text.strip().lstrip("/").strip()
 
-    async def _process(
-        self, inbound: Inbound, kind: str, text: Optional[str], safe: Handler, raw: Handler
-    ) -> Optional[str]:
+    async def _process(self, inbound: Inbound, safe: Handler, raw: Handler) -> Optional[str]:
         """Runs one message through Rasa; returns the reply text, or None for no reply."""
+        try:
+            kind, text = await self._user_message(inbound)
+        except Exception:
+            logger.exception("reading the options offered to a WeChat user failed; answering with the failure response")
+            return str(fallback.failure_message().get("text", "")) or None
         if kind != "bot" and kind != "reset":
             return text
         output = WeChatOutput()
@@ -149,8 +176,8 @@ class WeChatInput(InputChannel):
         message = UserMessage(text, output, sender, input_channel=self.name(), metadata=metadata)
         try:
             if kind == "reset":
-                self._options.pop(inbound.openid)
-                self.outbox.forget(inbound.openid)
+                await self._options.pop(inbound.openid)
+                await self.outbox.forget(inbound.openid)
                 await raw(message)
                 return None
             await safe(message)
@@ -159,18 +186,64 @@ class WeChatInput(InputChannel):
             logger.exception("handling a WeChat message failed; answering with the failure response")
             return str(fallback.failure_message().get("text", "")) or None
         # The options offered in this turn replace whatever was offered before.
-        if options:
-            self._options.put(inbound.openid, options)
-        else:
-            self._options.pop(inbound.openid)
+        try:
+            if options:
+                await self._options.put(inbound.openid, [dataclasses.asdict(option) for option in options])
+            else:
+                await self._options.pop(inbound.openid)
+        except Exception:
+            logger.exception("keeping the options offered to a WeChat user failed; they answer in words")
         return reply or None
 
     def _start(self, inbound: Inbound, safe: Handler, raw: Handler) -> Delivery:
         """The Delivery of a message seen for the first time, its processing started."""
-        kind, text = self._user_message(inbound)
-        delivery = Delivery(inbound.openid, self.outbox, self.reply_deadline, self.texts.still_working)
-        delivery.start(self._process(inbound, kind, text, safe, raw))
+        share = MessageShare(self.cluster, inbound.key) if self.cluster is not None else None
+        delivery = Delivery(inbound.openid, self.outbox, self.reply_deadline, self.texts.still_working, share=share)
+        delivery.start(self._process(inbound, safe, raw))
         return delivery
+
+    async def _delivery(self, inbound: Inbound, safe: Handler, raw: Handler) -> Optional[Delivery]:
+        """The message's Delivery on this replica, started if this replica is the first to see
+        the message; None if another replica handles it."""
+        def start() -> Delivery:
+            return self._start(inbound, safe, raw)
+
+        if self.cluster is None:
+            return self._deliveries.once(inbound.key, start)
+        found = self._deliveries.get(inbound.key)
+        if found is not None:
+            return found
+        # Concurrent deliveries to this replica ask Redis once.
+        asking = self._first.get(inbound.key)
+        if asking is None:
+            asking = self._first[inbound.key] = asyncio.ensure_future(self.cluster.first_delivery(inbound.key))
+            asking.add_done_callback(lambda _: self._first.pop(inbound.key, None))
+        if await asyncio.shield(asking):
+            return self._deliveries.once(inbound.key, start)
+        return None
+
+    async def _answer_from_elsewhere(self, inbound: Inbound, arrived: float) -> Optional[str]:
+        """The passive reply for a delivery of a message another replica handles: its answer if
+        published within the deadline and no other request or sender has claimed it, else None
+        (acknowledged: the other replica sends it or keeps it for a retry), or without the API
+        the apology on WeChat's last delivery."""
+        loop = asyncio.get_running_loop()
+        claimant = self.cluster.claimant()
+        attempt = await self.cluster.count_delivery(inbound.key, 1)
+        while True:
+            found, reply = await self.cluster.published(inbound.key)
+            if found:
+                return reply if reply and await self.cluster.claim(inbound.key, claimant) else None
+            remaining = self.reply_deadline - (loop.time() - arrived)
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(POLL_SECONDS, remaining))
+        if self.api is None and attempt >= LAST_DELIVERY:
+            return self.texts.still_working
+        if self.api is None:
+            # As delivery.py does without the API: silent past WeChat's timeout, so that it retries.
+            await asyncio.sleep(max(0.0, WECHAT_TIMEOUT_SECONDS + 1 - (loop.time() - arrived)))
+        return None
 
     # --- routes -------------------------------------------------------------------------------
 
@@ -200,17 +273,32 @@ class WeChatInput(InputChannel):
             except Rejected as rejected:
                 logger.warning("WeChat webhook rejected a request: %s", rejected.reason)
                 return response.text(rejected.reason, status=rejected.status)
-            delivery = self._deliveries.once(inbound.key, lambda: self._start(inbound, safe, on_new_message))
-            reply = await delivery.answer(arrived)
+            delivery = await self._delivery(inbound, safe, on_new_message)
+            if delivery is not None:
+                reply = await delivery.answer(arrived)
+            else:
+                reply = await self._answer_from_elsewhere(inbound, arrived)
             if not reply:
                 return response.text(ACK)
-            xml = self.envelope.reply(self.outbox.passive(inbound.openid, reply), inbound)
+            try:
+                text = await self.outbox.passive(inbound.openid, reply)
+            except Exception:
+                logger.exception("reading the answers carried over to a WeChat user failed")
+                text = reply
+            xml = self.envelope.reply(text, inbound)
             return response.text(xml, content_type="application/xml; charset=utf-8")
 
         guard_server(wechat_webhook)
 
+        @wechat_webhook.listener("after_server_start")
+        async def start_sender(*_: Any) -> None:
+            if self.outbox.stream is not None:
+                self._sender = asyncio.ensure_future(self.outbox.stream.run())
+
         @wechat_webhook.listener("after_server_stop")
         async def close(*_: Any) -> None:
+            if self._sender is not None:
+                self._sender.cancel()
             await self.outbox.close()
 
         return wechat_webhook

@@ -20,20 +20,29 @@ delivery. A Delivery answers each of those requests, and moves through these sta
     AWAITING_RETRY -> DELIVERED_BY_RETRY   WeChat's retry took the ready answer
     AWAITING_RETRY -> SENDING              no retry came (GIVE_UP_SECONDS): it goes another way
     SENDING -> DELIVERED_BY_API            sent as a customer-service message
+    SENDING -> QUEUED                      in the durable outbox (REDIS_URL): a replica's sender sends it
     SENDING -> CARRIED_OVER                no API, or it failed: it comes with the user's next reply
 
 The Outbox does the sending; Deliveries remembers each message for DEDUPE_TTL_SECONDS so that
 WeChat's retries find their Delivery (the dedupe, in this process's memory).
+
+With REDIS_URL several replicas may receive the same message (cluster.py). One handles it; its
+Delivery publishes the answer, and whichever request or sender first claims it in Redis hands
+it to the user. A Delivery with a MessageShare claims before every hand-over; one that loses
+the claim ends in DELIVERED_BY_RETRY (a retry on another replica took it).
 """
 import asyncio
 import logging
 import time
 from enum import Enum
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Set
 
 from lakala_server.wechat.api import CustomerServiceClient, WeChatAPIError, split_text
 from lakala_server.wechat.envelope import MAX_CLOCK_SKEW_SECONDS
-from lakala_server.wechat.expiring import MAX_TRACKED, Expiring
+from lakala_server.wechat.expiring import MAX_TRACKED, UserStore
+
+if TYPE_CHECKING:
+    from lakala_server.wechat.cluster import MessageShare, OutboxStream
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +66,7 @@ class State(Enum):
     ANSWERED_IN_TIME = "answered in time"
     DELIVERED_BY_RETRY = "delivered by retry"
     DELIVERED_BY_API = "delivered by API"
+    QUEUED = "queued for the API"
     CARRIED_OVER = "carried over"
     NOTHING_TO_SEND = "nothing to send"
 
@@ -67,7 +77,7 @@ TRANSITIONS: Dict[State, Set[State]] = {
                        State.NOTHING_TO_SEND},
     State.DEFERRED: {State.DEFERRED, State.DELIVERED_BY_RETRY, State.SENDING, State.NOTHING_TO_SEND},
     State.AWAITING_RETRY: {State.DELIVERED_BY_RETRY, State.SENDING},
-    State.SENDING: {State.DELIVERED_BY_API, State.CARRIED_OVER},
+    State.SENDING: {State.DELIVERED_BY_API, State.QUEUED, State.CARRIED_OVER},
 }
 # A request for a message in these states waits for the answer.
 ANSWER_PENDING = {State.PROCESSING, State.DEFERRED}
@@ -75,11 +85,14 @@ ANSWER_PENDING = {State.PROCESSING, State.DEFERRED}
 
 class Outbox:
     """Answers that do not fit in a passive reply: sent through the customer-service API when
-    there is one, else (or when it fails) carried over to the user's next passive reply."""
+    there is one, else (or when it fails) carried over to the user's next passive reply. With
+    a `stream` (REDIS_URL) they go through the durable outbox, and `carried_over` is in Redis."""
 
-    def __init__(self, api: Optional[CustomerServiceClient], carry_over_seconds: float) -> None:
+    def __init__(self, api: Optional[CustomerServiceClient], carry_over_seconds: float,
+                 carried_over: Optional[UserStore] = None, stream: "Optional[OutboxStream]" = None) -> None:
         self.api = api
-        self._carried_over = Expiring(carry_over_seconds)
+        self._carried_over = carried_over or UserStore(carry_over_seconds)
+        self.stream = stream
         self._tasks: Set[asyncio.Task] = set()
 
     def spawn(self, coroutine: Awaitable[Any]) -> None:
@@ -88,35 +101,43 @@ class Outbox:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def send(self, openid: str, reply: str) -> bool:
-        """Sends an answer outside a passive reply; True if the customer-service API took it,
-        False if it waits for the user's next reply."""
+    async def send(self, openid: str, reply: str) -> State:
+        """Sends an answer outside a passive reply: DELIVERED_BY_API if the customer-service API
+        took it, QUEUED if the durable outbox did, CARRIED_OVER if it waits for the next reply."""
+        if self.api is not None and self.stream is not None:
+            try:
+                await self.stream.add(openid, reply)
+                return State.QUEUED
+            except Exception:
+                logger.exception("the durable outbox failed; sending from this replica")
+        return await self.send_now(openid, reply)
+
+    async def send_now(self, openid: str, reply: str) -> State:
         if self.api is not None:
             try:
                 await self.api.send_text(openid, reply)
-                return True
+                return State.DELIVERED_BY_API
             except WeChatAPIError as error:
                 logger.error("customer-service message failed (errcode %s); keeping it for the next reply",
                              error.errcode)
-        pending = self._carried_over.pop(openid) or []
-        self._carried_over.put(openid, pending + [reply])
-        return False
+        await self._carried_over.append(openid, reply)
+        return State.CARRIED_OVER
 
     async def _send_rest(self, openid: str, rest: str) -> None:
         await asyncio.sleep(REST_DELAY_SECONDS)
         await self.send(openid, rest)
 
-    def passive(self, openid: str, text: str) -> str:
+    async def passive(self, openid: str, text: str) -> str:
         """The passive reply's text: what was carried over, then `text`, cut to WeChat's limit;
         the rest follows outside the reply."""
-        pending = self._carried_over.pop(openid) or []
+        pending = await self._carried_over.pop_all(openid)
         pieces = split_text("\n\n".join(pending + [text]))
         if len(pieces) > 1:
             self.spawn(self._send_rest(openid, "\n".join(pieces[1:])))
         return pieces[0]
 
-    def forget(self, openid: str) -> None:
-        self._carried_over.pop(openid)
+    async def forget(self, openid: str) -> None:
+        await self._carried_over.pop_all(openid)
 
     async def close(self) -> None:
         if self.api is not None:
@@ -127,8 +148,10 @@ class Delivery:
     """One WeChat message, however many times WeChat delivers it (see the module's docstring)."""
 
     def __init__(self, openid: str, outbox: Outbox, reply_deadline: float, still_working: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, share: "Optional[MessageShare]" = None) -> None:
         self.openid = openid
+        self.share = share
+        self._claim: Optional[asyncio.Future[bool]] = None
         self.outbox = outbox
         self.reply_deadline = reply_deadline
         self.still_working = still_working
@@ -163,6 +186,37 @@ class Delivery:
         if task.cancelled():
             return
         self.reply = task.result()
+        if self.share is None:
+            self._hand_over()
+        else:
+            self.outbox.spawn(self._settle_shared())
+
+    def _waiting(self) -> bool:
+        return self._waiter is not None and not self._waiter.done()
+
+    async def _taken(self) -> bool:
+        """True if the answer is this Delivery's to hand over (always, without a MessageShare)."""
+        if self.share is None:
+            return True
+        if self._claim is None:
+            self._claim = asyncio.ensure_future(self.share.claim())
+        return await asyncio.shield(self._claim)
+
+    def _taken_elsewhere(self) -> None:
+        self._move(State.DELIVERED_BY_RETRY)
+        if self._waiting():
+            self._waiter.set_result(None)
+
+    async def _settle_shared(self) -> None:
+        await self.share.publish(self.reply)
+        # Claimed now only if it goes out now; an answer awaiting a retry stays open to a retry on
+        # any replica until it is given up.
+        if self.reply and (self._waiting() or self.state is State.DEFERRED) and not await self._taken():
+            self._taken_elsewhere()
+            return
+        self._hand_over()
+
+    def _hand_over(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._move(State.ANSWERED_IN_TIME if self._waiting_delivery == 1 else State.DELIVERED_BY_RETRY)
             self._waiter.set_result(self.reply)
@@ -176,15 +230,22 @@ class Delivery:
 
     def _give_up_waiting(self) -> None:
         if self.state is State.AWAITING_RETRY:
-            self._send_later()
+            if self.share is None:
+                self._send_later()
+            else:
+                self.outbox.spawn(self._give_up_shared())
+
+    async def _give_up_shared(self) -> None:
+        mine = await self._taken()
+        if self.state is State.AWAITING_RETRY:
+            self._send_later() if mine else self._taken_elsewhere()
 
     def _send_later(self) -> None:
         self._move(State.SENDING)
         self.outbox.spawn(self._sent_later(str(self.reply)))
 
     async def _sent_later(self, reply: str) -> None:
-        by_api = await self.outbox.send(self.openid, reply)
-        self._move(State.DELIVERED_BY_API if by_api else State.CARRIED_OVER)
+        self._move(await self.outbox.send(self.openid, reply))
 
     async def answer(self, arrived: float) -> Optional[str]:
         """The passive reply for one delivery of the message (a request that arrived at loop time
@@ -192,9 +253,14 @@ class Delivery:
         loop = asyncio.get_running_loop()
         self.deliveries += 1
         attempt = self.deliveries
+        if self.share is not None:
+            attempt = await self.share.count_delivery(attempt)
         if self.state is State.AWAITING_RETRY:
+            mine = await self._taken()
+            if self.state is not State.AWAITING_RETRY:
+                return None
             self._move(State.DELIVERED_BY_RETRY)
-            return self.reply
+            return self.reply if mine else None
         if self.state not in ANSWER_PENDING:
             return None  # delivered already, or on its way
         if self._waiter is not None and not self._waiter.done():
@@ -233,6 +299,9 @@ class Deliveries:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def get(self, key: str) -> Optional[Delivery]:
+        return self._items.get(key)
 
     def once(self, key: str, new: Callable[[], Delivery]) -> Delivery:
         """The message's Delivery; `new` makes (and starts) it the first time the key is seen."""

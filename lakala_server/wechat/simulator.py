@@ -247,11 +247,15 @@ class FakeWeChatAPI:
     /cgi-bin/message/custom/send, answering with WeChat's JSON and errcodes. Runs in a thread."""
 
     def __init__(self, appid: str, appsecret: str, port: int = 0, expires_in: int = 7200,
-                 on_message: Optional[Callable[[SentMessage], None]] = None) -> None:
+                 on_message: Optional[Callable[[SentMessage], None]] = None, token_delay: float = 0.0) -> None:
         self.appid, self.appsecret, self.port, self.expires_in = appid, appsecret, port, expires_in
         self.on_message = on_message
+        # Seconds each token request takes, as WeChat's does over the internet.
+        self.token_delay = token_delay
         self.sent: List[SentMessage] = []
         self.token_requests = 0
+        self.stalled_sends = 0
+        self._stall_next: List[float] = []
         self.rejected: List[int] = []
         self._tokens: Dict[str, float] = {}
         self._fail_next: List[int] = []
@@ -277,8 +281,16 @@ class FakeWeChatAPI:
         with self._lock:
             self._fail_next.append(errcode)
 
+    def stall_next_send(self, seconds: float) -> None:
+        """The next customer-service message hangs `seconds` before it is taken; if its sender
+        has hung up by then (it died), the message never reaches the user."""
+        with self._lock:
+            self._stall_next.append(seconds)
+
     async def _token(self, request: web.Request) -> web.Response:
         query = request.query
+        if self.token_delay:
+            await asyncio.sleep(self.token_delay)
         with self._lock:
             self.token_requests += 1
             if query.get("grant_type") != "client_credential":
@@ -294,6 +306,13 @@ class FakeWeChatAPI:
     async def _send(self, request: web.Request) -> web.Response:
         token = request.query.get("access_token")
         raw = await request.read()
+        with self._lock:
+            stall = self._stall_next.pop(0) if self._stall_next else 0.0
+            self.stalled_sends += 1 if stall else 0
+        if stall:
+            await asyncio.sleep(stall)
+            if request.transport is None or request.transport.is_closing():
+                return self._json({"errcode": -1, "errmsg": "the sender hung up"})
         with self._lock:
             if not token:
                 return self._reject(41001, "access_token missing")

@@ -37,6 +37,16 @@ LOOKUP_30091254 = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_process() -> Iterator[None]:
+    """These tests cover the channel as one process with its state in memory, even where
+    REDIS_URL is set; tests/cluster covers it on replicas sharing Redis."""
+    saved = os.environ.pop("REDIS_URL", None)
+    yield
+    if saved is not None:
+        os.environ["REDIS_URL"] = saved
+
+
 def simulator(url: str, mode: str = "safe", **overrides: str) -> WeChatSimulator:
     settings = {**SETTINGS, **overrides}
     return WeChatSimulator(url, settings["WECHAT_TOKEN"], settings["WECHAT_APPID"],

@@ -102,7 +102,7 @@ def test_deferred_then_carried_over_when_the_api_fails(fake_api):
         assert await request(delivery) is None
         await until(lambda: delivery.state is State.CARRIED_OVER)
         await outbox.close()
-        return delivery, outbox.passive("oUser_api_fails", "在吗")
+        return delivery, await outbox.passive("oUser_api_fails", "在吗")
 
     delivery, next_reply = asyncio.run(scenario())
     assert delivery.history == [R, P, D, S, State.CARRIED_OVER]
@@ -164,7 +164,7 @@ def test_awaiting_retry_given_up_then_carried_over():
         first = asyncio.get_running_loop().create_task(request(delivery))
         await until(lambda: delivery.state is State.CARRIED_OVER)
         await first
-        return delivery, outbox.passive("oUser_no_retry", "好了吗")
+        return delivery, await outbox.passive("oUser_no_retry", "好了吗")
 
     delivery, next_reply = asyncio.run(scenario())
     assert delivery.history == [R, P, AR, S, State.CARRIED_OVER]
@@ -198,7 +198,7 @@ def test_last_delivery_deferred_with_the_apology_then_carried_over():
         third = await request(delivery)
         assert (await first, await second) == (None, None)  # WeChat listens to the newest only
         await until(lambda: delivery.state is State.CARRIED_OVER)
-        return delivery, third, outbox.passive("oUser_apology", "在吗")
+        return delivery, third, await outbox.passive("oUser_apology", "在吗")
 
     delivery, third, next_reply = asyncio.run(scenario())
     assert third == STILL_WORKING
@@ -223,7 +223,7 @@ def test_a_long_passive_reply_sends_the_rest_outside_it(fake_api):
     async def scenario():
         outbox = Outbox(api_client(fake_api), 60)
         text = "\n".join(["长" * 100] * 10)
-        first = outbox.passive("oUser_long_reply", text)
+        first = await outbox.passive("oUser_long_reply", text)
         await until(lambda: bool(fake_api.messages_to("oUser_long_reply")))
         await outbox.close()
         return text, first
