@@ -140,7 +140,8 @@ def test_each_container_gets_what_make_cluster_gives_its_server(component: str) 
 # config module fails the next test until it is given to the pods or named here.
 LEFT_AT_DEFAULT = {
     "rasa": {"REST_OPEN": "development only: REST goes through the ingress with JWTs",
-             "WECHAT_API_BASE": "WeChat's own API; only tests point it elsewhere"},
+             "WECHAT_API_BASE": "WeChat's own API; only tests point it elsewhere",
+             "WECHAT_OUTBOX_RECLAIM_SECONDS": "60 s: a dead replica's WeChat answers are resent after a minute"},
     "actions": {"ACTION_SERVER_PORT": "the --port argument sets it"},
     "web": {},
 }
