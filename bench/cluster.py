@@ -72,6 +72,28 @@ def group_cpu(groups: Dict[str, List[int]]) -> Dict[str, float]:
     return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
 
 
+def shared_counters(cluster: Cluster) -> Dict[str, float]:
+    """Redis commands and PostgreSQL transactions so far, and PostgreSQL's connections now."""
+    import redis
+    import sqlalchemy as sa
+
+    client = redis.Redis.from_url(cluster.redis.url)
+    try:
+        commands = float(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
+    engine = sa.create_engine(cluster.postgres.url)
+    try:
+        with engine.connect() as connection:
+            transactions = float(connection.execute(sa.text(
+                "SELECT sum(xact_commit + xact_rollback) FROM pg_stat_database")).scalar() or 0)
+            connections = float(connection.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")).scalar() or 0)
+    finally:
+        engine.dispose()
+    return {"redis_commands": commands, "postgres_transactions": transactions, "postgres_connections": connections}
+
+
 def load(url: str, users: int, args: argparse.Namespace, seed: int) -> Dict:
     command = [str(servers.BIN / "python"), "bench/loadgen.py", "--url", url, "--users", str(users),
                "--duration", str(args.duration), "--warmup", str(args.warmup), "--seed", str(seed)]
@@ -105,12 +127,21 @@ def main() -> int:
             order = list(targets) if run % 2 else list(reversed(targets))
             for name in order:
                 groups = components(cluster) if name.startswith("cluster") else {}
+                counters = shared_counters(cluster) if groups else {}
                 before, wall = group_cpu(groups), time.monotonic()
                 result = load(targets[name], args.users, args, seed=run)
                 elapsed = time.monotonic() - wall
                 after = group_cpu(components(cluster)) if groups else {}
                 result["cpu_share_of_a_core"] = {
                     part: round((after[part] - before.get(part, 0.0)) / elapsed, 3) for part in after}
+                if groups:
+                    now = shared_counters(cluster)
+                    handled = max(1, result["messages"] * (args.duration + args.warmup) / args.duration)
+                    result["per_message"] = {
+                        "redis_commands": round((now["redis_commands"] - counters["redis_commands"]) / handled, 1),
+                        "postgres_transactions": round(
+                            (now["postgres_transactions"] - counters["postgres_transactions"]) / handled, 1)}
+                    result["postgres_connections_after"] = now["postgres_connections"]
                 runs[name].append(result)
                 print(f"run {run}: {name}: {result['msg_per_s']} msg/s, p95 {result['p95_ms']} ms, "
                       f"{result['errors']} errors, {result['empty']} empty; CPU {result['cpu_share_of_a_core']}",
@@ -131,6 +162,9 @@ def main() -> int:
         if shares:
             summary[name]["cpu_share_of_a_core"] = {
                 part: round(statistics.median(s[part] for s in shares), 3) for part in shares[0]}
+            summary[name]["per_message"] = {
+                key: statistics.median(r["per_message"][key] for r in results) for key in results[0]["per_message"]}
+            summary[name]["postgres_connections"] = max(r["postgres_connections_after"] for r in results)
     one, many = summary["one process"], summary[f"cluster of {args.replicas}"]
     ratio = round(many["msg_per_s"] / one["msg_per_s"], 2) if one["msg_per_s"] else None
     report = {"users": args.users, "runs": args.runs, "duration_s": args.duration, "cpus": os.cpu_count(),
@@ -144,6 +178,8 @@ def main() -> int:
               for name, s in summary.items()]
     lines += ["", f"Cluster / one process: **{ratio}×**", "", "CPU during the cluster's load (share of one core):", ""]
     lines += [f"- {part}: {share}" for part, share in many.get("cpu_share_of_a_core", {}).items()]
+    lines += ["", f"Per message handled: {many.get('per_message')}; PostgreSQL client connections open: "
+              f"{many.get('postgres_connections')}"]
     (args.out / "cluster.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return 0

@@ -24,8 +24,10 @@ DEFAULT_RETENTION_DAYS = 90.0
 DEFAULT_ALLOWED_ORIGINS = "http://localhost:8080,http://127.0.0.1:8080"
 DEFAULT_WECHAT_MESSAGE_MODE = "safe"
 DEFAULT_WECHAT_API_BASE = "https://api.weixin.qq.com"
-# A custom action's answer is awaited this long; then the turn is answered with the apology.
-DEFAULT_ACTION_TIMEOUT_SECONDS = 3.0
+# A custom action's answer is awaited this long; then the turn is answered with the apology. Longer
+# than the action server's own wait for its database (DB_TIMEOUT_SECONDS, 3 s), whose specific
+# apology should win; short enough for WeChat's 5 s.
+DEFAULT_ACTION_TIMEOUT_SECONDS = 4.0
 # An unacknowledged WeChat outbox entry this old belongs to a dead replica (wechat/cluster.py).
 DEFAULT_WECHAT_OUTBOX_RECLAIM_SECONDS = 60.0
 DEFAULT_TRACKER_DB_PATH = Path("var") / "tracker.db"  # in the working directory, as `make run` starts it

@@ -3,7 +3,7 @@
 
 Why: Rasa waits 5 minutes for an action server that accepted the call and then hangs (a stopped
 or overloaded process). The merchant saw nothing for that long, then no answer at all. The call
-now gives up after ACTION_TIMEOUT_SECONDS (3 s by default): Rasa's processor logs the failed
+now gives up after ACTION_TIMEOUT_SECONDS (4 s by default): Rasa's processor logs the failed
 action and goes on, and `fallback.never_silent` answers the turn with the apology and the way to
 a human, within WeChat's 5 s. The user's message is kept in the conversation; the next turn
 calls the action server again.

@@ -139,7 +139,9 @@ class WeChatBot(Bot):
     api=None, without an AppSecret: late answers come on WeChat's retries only)."""
 
     def __init__(self, workdir: Path, api: Optional[FakeWeChatAPI]):
-        env = {**SETTINGS, "DB_TIMEOUT_SECONDS": "30"}
+        # Slow answers are made by holding the registry's database: the action server waits for it
+        # (DB_TIMEOUT_SECONDS) and Rasa waits for the action server (ACTION_TIMEOUT_SECONDS).
+        env = {**SETTINGS, "DB_TIMEOUT_SECONDS": "30", "ACTION_TIMEOUT_SECONDS": "30"}
         if api is None:
             env["WECHAT_APPSECRET"] = ""
         else:
