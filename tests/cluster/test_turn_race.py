@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from tests.cluster.replica import EVENTS_PER_TURN, serve
 from tests.postgres import postgres_schema
-from tests.redis_server import delete_keys, namespace, redis_url
+from tests.support.redis_server import delete_keys, namespace, redis_url
 
 REPLICAS = (2, 4)
 GAPS_MS = (0, 2, 10)

@@ -3,6 +3,8 @@ shared with other work: tests use keys of their own and delete only those. When 
 answer, tests that need it fail on CI (`CI` set) and are skipped elsewhere, with the reason."""
 import os
 import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 import redis
@@ -33,3 +35,30 @@ def delete_matching(url: str, pattern: str) -> int:
     if keys:
         client.delete(*keys)
     return len(keys)
+
+
+def redis_url() -> str:
+    """The test Redis server's URL (see `reachable_redis_url`)."""
+    return reachable_redis_url()
+
+
+@contextmanager
+def namespace(prefix: str) -> Iterator[str]:
+    """A fresh key prefix ("test:<prefix>:<random>"); its keys are deleted afterwards."""
+    name = f"test:{prefix}:{uuid.uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        delete_keys(f"{name}*")
+
+
+def delete_keys(pattern: str) -> int:
+    return delete_matching(redis_url(), pattern)
+
+
+def keys(pattern: str) -> list:
+    client = redis.Redis.from_url(redis_url())
+    try:
+        return sorted(key.decode() for key in client.scan_iter(match=pattern, count=500))
+    finally:
+        client.close()

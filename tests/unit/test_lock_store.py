@@ -21,7 +21,7 @@ from rasa.utils.endpoints import read_endpoint_config
 
 from lakala_server import config, lock_store
 from lakala_server.lock_store import ConversationLockStore, LockStoreUnavailable
-from tests.redis_server import keys, namespace, redis_url
+from tests.support.redis_server import keys, namespace, redis_url
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
