@@ -37,7 +37,7 @@ NGINX_TEMPLATE = ROOT / "deploy" / "local" / "nginx.conf.in"
 START_TIMEOUT_SECONDS = 300.0
 # nginx gives up on an action server this much sooner than Rasa does, so the hung server is
 # marked failed and the next calls go to another one.
-NGINX_ACTION_MARGIN_SECONDS = 0.5
+NGINX_ACTION_MARGIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)

@@ -38,4 +38,4 @@ def test_each_conversation_is_hashed_to_one_replica(tmp_path):
 
 def test_the_action_timeout_reaches_nginx_before_rasa(tmp_path):
     _, conf = rendered(tmp_path, ACTION_TIMEOUT_SECONDS="3")
-    assert "proxy_read_timeout 2500ms;" in conf
+    assert "proxy_read_timeout 2000ms;" in conf
