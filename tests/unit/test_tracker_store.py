@@ -335,7 +335,9 @@ def test_saves_write_the_same_rows_as_rasas_own_store(
     domain: Domain, make_store: Callable[[], UrlSQLTrackerStore], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The store remembers how many events of a tracker it has read or written instead
-    of counting rows before each save; what ends up in the database must not change."""
+    of counting rows before each save; the database gets Rasa's rows, except that a tracker
+    saved again after a new session began appends only its new events (Rasa's store then
+    writes the earlier session a second time, counting only the new session's rows)."""
     ours = f"sqlite:///{tmp_path / 'ours.db'}"
     monkeypatch.setenv("TRACKER_DB_URL", ours)
     save_in_steps(domain, make_store())
@@ -346,7 +348,12 @@ def test_saves_write_the_same_rows_as_rasas_own_store(
         rasas.engine.dispose()
     rows = stored_rows(ours)
     assert len(rows) > len(lookup_conversation(0))
-    assert rows == stored_rows(f"sqlite:///{tmp_path / 'rasa.db'}")
+    rasa_rows = stored_rows(f"sqlite:///{tmp_path / 'rasa.db'}")
+    second_start = [i for i, row in enumerate(rasa_rows) if row[1] == "session_started"][1]
+    follow_up = max(i for i, row in enumerate(rasa_rows) if row[2].get("text") == "押金能退吗")
+    repeated = rasa_rows[second_start + 2 : follow_up]
+    assert repeated == rasa_rows[3 : second_start + 2]  # Rasa's second copy, after the 3 rows of the new session
+    assert rows == rasa_rows[: second_start + 2] + rasa_rows[follow_up:]
 
 
 def test_sqlite_uses_write_ahead_logging(
@@ -362,11 +369,14 @@ def test_a_new_conversation_costs_one_read_and_one_write(
     domain: Domain, make_store: Callable[[], UrlSQLTrackerStore], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Through the wrapper the server puts around the store: a first message is one SELECT
-    and one INSERT transaction, without counting rows, and every event is stored."""
+    and one transaction (the state row and one INSERT of the events), without counting rows,
+    and every event is stored."""
     monkeypatch.setenv("TRACKER_DB_URL", f"sqlite:///{tmp_path / 'tracker.db'}")
     store = make_store()
     statements: list[str] = []
     sa.event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2].strip()))
+    commits: list[object] = []
+    sa.event.listen(store.engine, "commit", commits.append)
     served = FailSafeTrackerStore(store)
 
     tracker = asyncio.run(served.get_or_create_tracker("first-visit"))
@@ -379,7 +389,8 @@ def test_a_new_conversation_costs_one_read_and_one_write(
 
     selects = [s for s in statements if s.upper().startswith("SELECT")]
     inserts = [s for s in statements if s.upper().startswith("INSERT")]
-    assert len(selects) == 1 and len(inserts) == 1
+    assert len(selects) == 1 and len(commits) == 1
+    assert [s.split("(")[0].split()[-1] for s in inserts] == ["lakala_conversation_state", "events"]
     assert not any("count(" in s.lower() for s in statements)
     restored = retrieve(make_store(), "first-visit")
     assert restored is not None
