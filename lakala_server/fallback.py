@@ -1,6 +1,12 @@
 """The last line of defence against silence: if handling a message sent nothing
 back (the action server is down, a bug), the user still gets a short apology and
-the way to a human, taken from domain.yml."""
+the way to a human, taken from domain.yml.
+
+If the conversation could not be saved because another server saved it after it was read
+(lakala_server/tracker_store.py ConversationChanged), the answer was worked out on an old
+state and is not kept: the user gets the apology instead of it (on a channel that collects
+the turn's messages, REST and WeChat; a live channel such as the web chat has already shown
+them, and the apology follows) and can send the message again."""
 import copy
 import logging
 from typing import Any, Awaitable, Callable, Dict, List
@@ -8,6 +14,7 @@ from typing import Any, Awaitable, Callable, Dict, List
 from rasa.core.channels.channel import UserMessage
 
 from lakala_server import texts
+from lakala_server.tracker_store import ConversationChanged
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +40,15 @@ def never_silent(
             await original(recipient_id, response)
 
         channel.send_response = counting  # type: ignore[method-assign]
+        collected = getattr(channel, "messages", None)
+        collected_before = len(collected) if isinstance(collected, list) else 0
         try:
             await on_new_message(message)
+        except ConversationChanged:
+            logger.warning("conversation %s was saved elsewhere meanwhile; its answer is dropped", message.sender_id)
+            if isinstance(collected, list):
+                del collected[collected_before:]
+            sent[0] = 0
         except Exception:
             logger.exception("handling a message failed; answering with the failure response")
         finally:

@@ -24,13 +24,15 @@ from lakala_server.patches import (
     domain_empty,
     event_classes,
     graph_runner,
+    tracker_conflict,
     typed_commands,
 )
 
 logger = logging.getLogger(__name__)
 
 RASA_VERSION = "3.6.21"  # the version every patch was written and tested against
-PATCHES = (action_result, graph_runner, action_session, event_classes, domain_empty, typed_commands, admission)
+PATCHES = (action_result, graph_runner, action_session, event_classes, domain_empty, typed_commands, admission,
+           tracker_conflict)
 
 _installed: List[str] = []
 

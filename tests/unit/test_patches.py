@@ -345,3 +345,43 @@ def test_domain_emptiness_is_rasas_answer() -> None:
     answers = [domain.is_empty() for domain in domains]
     assert answers == [original(domain) for domain in domains]
     assert answers == [False, True, True, False, False]
+
+
+def test_a_refused_save_is_not_kept_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the wrapper the server puts around the store: a save refused because the
+    conversation changed meanwhile raises, instead of being kept in Rasa's in-memory fallback;
+    other failures still fall back as in Rasa."""
+    from rasa.core.tracker_store import FailSafeTrackerStore
+    from rasa.shared.core.events import ActionExecuted, UserUttered
+
+    from lakala_server.tracker_store import ConversationChanged, UrlSQLTrackerStore
+
+    monkeypatch.setenv("TRACKER_DB_URL", f"sqlite:///{tmp_path / 'tracker.db'}")
+    monkeypatch.setenv("TRACKER_RETENTION_DAYS", "0")
+    domain = Domain.load(str(Path(__file__).resolve().parents[2] / "domain.yml"))
+    first, second = UrlSQLTrackerStore(domain=domain), UrlSQLTrackerStore(domain=domain)
+    served = FailSafeTrackerStore(second)
+
+    def said(tracker: Any, text: str) -> None:
+        tracker.update(UserUttered(text, intent={"name": "greet", "confidence": 0.9}))
+        tracker.update(ActionExecuted("utter_greet"))
+        tracker.update(ActionExecuted("action_listen"))
+
+    try:
+        created = asyncio.run(first.get_or_create_tracker("both"))
+        said(created, "你好")
+        asyncio.run(first.save(created))
+        mine, theirs = asyncio.run(served.retrieve("both")), asyncio.run(first.retrieve("both"))
+        said(theirs, "在吗")
+        asyncio.run(first.save(theirs))
+        said(mine, "晚了")
+        with pytest.raises(ConversationChanged):
+            asyncio.run(served.save(mine))
+        assert asyncio.run(served.fallback_tracker_store.retrieve("both")) is None
+
+        second.engine.dispose()
+        second.engine = None  # the database is gone: Rasa's fallback keeps the conversation in memory
+        asyncio.run(served.save(mine))
+        assert asyncio.run(served.fallback_tracker_store.retrieve("both")) is not None
+    finally:
+        first.engine.dispose()
