@@ -8,7 +8,8 @@ to each running server over REST, one message at a time; prints the median answe
 With two or more --url, the servers get the same messages in turn (message 1 to each, then
 message 2 to each, ...), so that whatever else the machine is doing falls on both alike:
 point it at the code before and after a change. Last line per server: the median of messages
-5-15 and of the last 10, and their ratio (1.0: no growth with the conversation's length).
+5-15 and of the same messages in the last round of the script, and their ratio (1.0: no growth
+with the conversation's length).
 """
 import argparse
 import itertools
@@ -73,9 +74,12 @@ def main(argv: List[str]) -> int:
     for start in range(0, args.messages, args.band):
         cells = "".join(f"{statistics.median(times[url][start:start + args.band]):>28.1f}" for url in args.url)
         print(f"{start:>4}-{min(start + args.band, args.messages) - 1:<4}   {cells}")
+    # The same messages of the script's first and last full round, so the mix is alike.
+    late_start = (args.messages - 16) // len(ROUND) * len(ROUND) + 5
     for url in args.url:
-        early, late = statistics.median(times[url][5:16]), statistics.median(times[url][-10:])
-        print(f"{url}: messages 5-15 {early:.1f} ms, last 10 {late:.1f} ms, ratio {late / early:.2f}")
+        early, late = statistics.median(times[url][5:16]), statistics.median(times[url][late_start:late_start + 11])
+        print(f"{url}: messages 5-15 {early:.1f} ms, {late_start}-{late_start + 10} (the same texts) {late:.1f} ms,"
+              f" ratio {late / early:.2f}")
     return 0
 
 

@@ -70,9 +70,11 @@ STORED_EVENTS = "_lakala_stored_events"
 # What the store read for a tracker (a Read): the version it must find when saving, and its window.
 READ = "_lakala_read"
 STATE_TABLE = "lakala_conversation_state"
-# The fewest applied actions (each one state for the policy) a window keeps; it is cut again
-# once it holds twice as many. The longest rule is a few states.
-WINDOW_ACTIONS = 24
+# The fewest applied actions (each one state for the policy) a window keeps, four times the
+# longest trained rule's states (tests/unit/test_tracker_window.py checks); it is cut again once
+# it holds WINDOW_SLACK more, so a message's tracker stays about as short as the tenth message's.
+WINDOW_ACTIONS = 12
+WINDOW_SLACK = 8
 EVENT_COLUMNS = ("sender_id", "type_name", "timestamp", "intent_name", "action_name", "data")
 RETENTION_CHECK_SECONDS = 3600.0
 
@@ -307,7 +309,7 @@ def window_cut(
     tracker: DialogueStateTracker, events: List[Event], read: Read
 ) -> Optional[Tuple[int, List[Event]]]:
     """Where a shorter window can start, as (position in `events`, prefix events), or None
-    while the window holds fewer than 2 * WINDOW_ACTIONS applied actions.
+    while the window holds fewer than WINDOW_ACTIONS + WINDOW_SLACK applied actions.
 
     The latest position among the stored events (their ids are known) where an action_listen
     is followed by a user message, no loop is active, and at least WINDOW_ACTIONS applied
@@ -316,7 +318,7 @@ def window_cut(
     positions = {id(event): index for index, event in enumerate(events)}
     actions = [positions[id(event)] for event in tracker.applied_events() if isinstance(event, ActionExecuted)]
     in_window = [position for position in actions if position >= read.prefix_len]
-    if len(in_window) < 2 * WINDOW_ACTIONS:
+    if len(in_window) < WINDOW_ACTIONS + WINDOW_SLACK:
         return None
     last_allowed = min(actions[-WINDOW_ACTIONS], read.prefix_len + len(read.ids) - 1)
     replay = tracker.init_copy()
