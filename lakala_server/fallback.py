@@ -1,6 +1,13 @@
 """The last line of defence against silence: if handling a message sent nothing
 back (the action server is down, a bug), the user still gets a short apology and
-the way to a human, taken from domain.yml."""
+the way to a human, taken from domain.yml.
+
+If the conversation could not be saved because another server saved it after it was read
+(lakala_server/tracker_store.py ConversationChanged), the answer was worked out on an old
+state and is not kept: the user gets the apology instead of it (on a channel that collects
+the turn's messages, REST and WeChat; a live channel such as the web chat has already shown
+them, and the apology follows) and can send the message again. A turn that was not stored
+sets `turn_not_stored`, and REST answers it with 503 so that a client retries."""
 import contextvars
 import copy
 import logging
@@ -9,6 +16,8 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 from rasa.core.channels.channel import UserMessage
 
 from lakala_server import texts
+from lakala_server.patches.tracker_failsafe import TrackerStoreUnavailable
+from lakala_server.tracker_store import ConversationChanged
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +28,9 @@ FAILURE_RESPONSE = "utter_backend_failed"
 turn_not_stored: contextvars.ContextVar[bool] = contextvars.ContextVar("turn_not_stored", default=False)
 
 
-def _store_failure(error: Optional[BaseException]) -> bool:
-    from lakala_server.patches.tracker_failsafe import TrackerStoreUnavailable
-
+def _caused_by(error: Optional[BaseException], kind: type) -> bool:
     while error is not None:
-        if isinstance(error, TrackerStoreUnavailable):
+        if isinstance(error, kind):
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -48,11 +55,20 @@ def never_silent(
             await original(recipient_id, response)
 
         channel.send_response = counting  # type: ignore[method-assign]
+        collected = getattr(channel, "messages", None)
+        collected_before = len(collected) if isinstance(collected, list) else 0
         try:
             await on_new_message(message)
         except Exception as error:
-            logger.exception("handling a message failed; answering with the failure response")
-            if _store_failure(error):
+            if _caused_by(error, ConversationChanged):
+                logger.warning("conversation %s was saved elsewhere meanwhile; its answer is dropped",
+                               message.sender_id)
+                if isinstance(collected, list):
+                    del collected[collected_before:]
+                sent[0] = 0
+            else:
+                logger.exception("handling a message failed; answering with the failure response")
+            if _caused_by(error, TrackerStoreUnavailable):
                 turn_not_stored.set(True)
         finally:
             channel.send_response = original  # type: ignore[method-assign]

@@ -420,3 +420,42 @@ def test_a_failing_tracker_store_fails_the_turn() -> None:
     working = tracker_failsafe._create_tracker_store(InMemoryTrackerStore(domain), domain)
     asyncio.run(working.save(tracker))
     assert asyncio.run(working.retrieve("failsafe")).sender_id == "failsafe"
+
+
+def test_a_refused_save_is_not_kept_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the wrapper the server puts around the store: a save refused because the
+    conversation changed meanwhile raises (the channel answers with the apology), instead of
+    being kept in Rasa's in-memory fallback."""
+    from rasa.shared.core.events import ActionExecuted, UserUttered
+
+    from lakala_server.patches import tracker_failsafe
+    from lakala_server.tracker_store import ConversationChanged, UrlSQLTrackerStore
+
+    monkeypatch.setenv("TRACKER_DB_URL", f"sqlite:///{tmp_path / 'tracker.db'}")
+    monkeypatch.setenv("TRACKER_RETENTION_DAYS", "0")
+    domain = Domain.load(str(Path(__file__).resolve().parents[2] / "domain.yml"))
+    first, second = UrlSQLTrackerStore(domain=domain), UrlSQLTrackerStore(domain=domain)
+    served = tracker_failsafe._create_tracker_store(second, domain)
+
+    def said(tracker: Any, text: str) -> None:
+        tracker.update(UserUttered(text, intent={"name": "greet", "confidence": 0.9}))
+        tracker.update(ActionExecuted("utter_greet"))
+        tracker.update(ActionExecuted("action_listen"))
+
+    try:
+        created = asyncio.run(first.get_or_create_tracker("both"))
+        said(created, "你好")
+        asyncio.run(first.save(created))
+        mine, theirs = asyncio.run(served.retrieve("both")), asyncio.run(first.retrieve("both"))
+        said(theirs, "在吗")
+        asyncio.run(first.save(theirs))
+        said(mine, "晚了")
+        with pytest.raises(tracker_failsafe.TrackerStoreUnavailable) as refused:
+            asyncio.run(served.save(mine))
+        assert isinstance(refused.value.__cause__, ConversationChanged)
+        assert served._fallback_tracker_store is None  # nothing kept in memory
+        stored = [event.text for event in asyncio.run(first.retrieve("both")).events if isinstance(event, UserUttered)]
+        assert stored == ["你好", "在吗"]
+    finally:
+        first.engine.dispose()
+        second.engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +28,7 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.utils.endpoints import read_endpoint_config
 from sqlalchemy.engine import make_url
 
-from lakala_server.tracker_store import UrlSQLTrackerStore
+from lakala_server.tracker_store import ConversationChanged, UrlSQLTrackerStore
 from tests.postgres import postgres_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -335,7 +336,9 @@ def test_saves_write_the_same_rows_as_rasas_own_store(
     domain: Domain, make_store: Callable[[], UrlSQLTrackerStore], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The store remembers how many events of a tracker it has read or written instead
-    of counting rows before each save; what ends up in the database must not change."""
+    of counting rows before each save; the database gets Rasa's rows, except that a tracker
+    saved again after a new session began appends only its new events (Rasa's store then
+    writes the earlier session a second time, counting only the new session's rows)."""
     ours = f"sqlite:///{tmp_path / 'ours.db'}"
     monkeypatch.setenv("TRACKER_DB_URL", ours)
     save_in_steps(domain, make_store())
@@ -346,7 +349,12 @@ def test_saves_write_the_same_rows_as_rasas_own_store(
         rasas.engine.dispose()
     rows = stored_rows(ours)
     assert len(rows) > len(lookup_conversation(0))
-    assert rows == stored_rows(f"sqlite:///{tmp_path / 'rasa.db'}")
+    rasa_rows = stored_rows(f"sqlite:///{tmp_path / 'rasa.db'}")
+    second_start = [i for i, row in enumerate(rasa_rows) if row[1] == "session_started"][1]
+    follow_up = max(i for i, row in enumerate(rasa_rows) if row[2].get("text") == "押金能退吗")
+    repeated = rasa_rows[second_start + 2 : follow_up]
+    assert repeated == rasa_rows[3 : second_start + 2]  # Rasa's second copy, after the 3 rows of the new session
+    assert rows == rasa_rows[: second_start + 2] + rasa_rows[follow_up:]
 
 
 def test_sqlite_uses_write_ahead_logging(
@@ -362,11 +370,14 @@ def test_a_new_conversation_costs_one_read_and_one_write(
     domain: Domain, make_store: Callable[[], UrlSQLTrackerStore], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Through the wrapper the server puts around the store: a first message is one SELECT
-    and one INSERT transaction, without counting rows, and every event is stored."""
+    and one transaction (the state row and one INSERT of the events), without counting rows,
+    and every event is stored."""
     monkeypatch.setenv("TRACKER_DB_URL", f"sqlite:///{tmp_path / 'tracker.db'}")
     store = make_store()
     statements: list[str] = []
     sa.event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2].strip()))
+    commits: list[object] = []
+    sa.event.listen(store.engine, "commit", commits.append)
     served = FailSafeTrackerStore(store)
 
     tracker = asyncio.run(served.get_or_create_tracker("first-visit"))
@@ -379,9 +390,182 @@ def test_a_new_conversation_costs_one_read_and_one_write(
 
     selects = [s for s in statements if s.upper().startswith("SELECT")]
     inserts = [s for s in statements if s.upper().startswith("INSERT")]
-    assert len(selects) == 1 and len(inserts) == 1
+    assert len(selects) == 1 and len(commits) == 1
+    assert [s.split("(")[0].split()[-1] for s in inserts] == ["lakala_conversation_state", "events"]
     assert not any("count(" in s.lower() for s in statements)
     restored = retrieve(make_store(), "first-visit")
     assert restored is not None
     assert as_dicts(restored.events) == as_dicts(latest_session(tracker.events))
     assert count_events(f"sqlite:///{tmp_path / 'tracker.db'}", "events", "first-visit") == 1 + len(conversation)
+
+
+# --- saves from stale reads, and databases from before the state row ------------------------------------------
+
+
+def with_backend(backend: str, tmp_path: Path, request: pytest.FixtureRequest, prefix: str) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tracker.db'}"
+        return
+    with postgres_schema(request.getfixturevalue("postgres_base_url"), prefix) as (_, url):
+        yield url
+
+
+def rows_of(store: UrlSQLTrackerStore, sender_id: str) -> list[tuple[str, str]]:
+    with store.engine.connect() as connection:
+        query = sa.text("SELECT type_name, data FROM events WHERE sender_id = :s ORDER BY id")
+        return [tuple(row) for row in connection.execute(query, {"s": sender_id})]
+
+
+def turn(text: str, start: float) -> list[Event]:
+    return [UserUttered(text, intent={"name": "faq", "confidence": 0.9}, timestamp=start),
+            ActionExecuted("utter_faq", timestamp=start + 0.1),
+            BotUttered(f"答{text}", timestamp=start + 0.2),
+            ActionExecuted(ACTION_LISTEN_NAME, timestamp=start + 0.3)]
+
+
+def both_save(first: UrlSQLTrackerStore, second: UrlSQLTrackerStore, a: DialogueStateTracker,
+              b: DialogueStateTracker, at_once: bool) -> list[str]:
+    """Saves `a` with `first` and `b` with `second` (one after the other, or from two threads at
+    the same moment); the outcome of each, in that order."""
+    outcomes = ["", ""]
+
+    def run(index: int, store: UrlSQLTrackerStore, tracker: DialogueStateTracker, gate: Any) -> None:
+        if gate is not None:
+            gate.wait()
+        try:
+            save(store, tracker)
+            outcomes[index] = "saved"
+        except ConversationChanged:
+            outcomes[index] = "refused"
+
+    if not at_once:
+        run(0, first, a, None)
+        run(1, second, b, None)
+        return outcomes
+    gate = threading.Barrier(2)
+    threads = [threading.Thread(target=run, args=(i, s, t, gate)) for i, s, t in ((0, first, a), (1, second, b))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return outcomes
+
+
+@pytest.mark.parametrize("at_once", [False, True], ids=["in-turn", "at-once"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_servers_saving_the_same_read_one_is_refused(
+    domain: Domain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest,
+    backend: str, at_once: bool,
+) -> None:
+    """Two stores with their own engines (two server processes) read the same conversation and
+    both answer: one save wins, the other raises ConversationChanged and writes nothing."""
+    for url in with_backend(backend, tmp_path, request, "test_stale"):
+        monkeypatch.setenv("TRACKER_DB_URL", url)
+        first, second = UrlSQLTrackerStore(domain=domain), UrlSQLTrackerStore(domain=domain)
+        try:
+            start = time.time() - 600
+            tracker = asyncio.run(first.get_or_create_tracker("shared"))
+            for event in lookup_conversation(start)[1:]:
+                tracker.update(event)
+            save(first, tracker)
+            before = rows_of(first, "shared")
+
+            a, b = retrieve(first, "shared"), retrieve(second, "shared")
+            assert a is not None and b is not None
+            for event in turn("押金能退吗", start + 100):
+                a.update(event)
+            for event in turn("要多久", start + 100):
+                b.update(event)
+            outcomes = both_save(first, second, a, b, at_once)
+            assert sorted(outcomes) == ["refused", "saved"]
+            winner = a if outcomes[0] == "saved" else b
+            winner_text = winner.latest_message.text
+            rows = rows_of(first, "shared")
+            assert rows[: len(before)] == before and len(rows) == len(before) + 4
+            assert json.loads(rows[len(before)][1])["text"] == winner_text
+
+            # The loser reads again and carries on; the winner's old tracker is now the stale one.
+            loser_store, winner_store = (second, first) if outcomes[0] == "saved" else (first, second)
+            again = retrieve(loser_store, "shared")
+            assert again is not None and again.latest_message.text == winner_text
+            for event in turn("怎么注销", start + 200):
+                again.update(event)
+            save(loser_store, again)
+            for event in turn("晚到的", start + 300):
+                winner.update(event)
+            with pytest.raises(ConversationChanged):
+                save(winner_store, winner)
+            texts = [json.loads(data).get("text") for kind, data in rows_of(first, "shared") if kind == "user"]
+            assert texts[-2:] == [winner_text, "怎么注销"]
+            assert len(rows_of(first, "shared")) == len(before) + 8
+        finally:
+            first.engine.dispose()
+            second.engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_servers_starting_the_same_new_conversation_one_is_refused(
+    domain: Domain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    for url in with_backend(backend, tmp_path, request, "test_stale_new"):
+        monkeypatch.setenv("TRACKER_DB_URL", url)
+        first, second = UrlSQLTrackerStore(domain=domain), UrlSQLTrackerStore(domain=domain)
+        try:
+            start = time.time() - 600
+            a = asyncio.run(first.get_or_create_tracker("newcomer"))
+            b = asyncio.run(second.get_or_create_tracker("newcomer"))
+            for tracker, text in ((a, "你好"), (b, "在吗")):
+                for event in [ActionExecuted(ACTION_SESSION_START_NAME, timestamp=start),
+                              SessionStarted(timestamp=start + 0.01),
+                              ActionExecuted(ACTION_LISTEN_NAME, timestamp=start + 0.02), *turn(text, start + 1)]:
+                    tracker.update(event)
+            save(first, a)
+            with pytest.raises(ConversationChanged):
+                save(second, b)
+            texts = [json.loads(data).get("text") for kind, data in rows_of(first, "newcomer") if kind == "user"]
+            assert texts == ["你好"]
+            assert len(rows_of(first, "newcomer")) == len(a.events)
+        finally:
+            first.engine.dispose()
+            second.engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_conversation_stored_before_the_state_row_is_read_and_continued(
+    domain: Domain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """A database written before this change (Rasa's events table, no state rows) keeps working:
+    the conversation is read the old way and gets its row with its next save."""
+    for url in with_backend(backend, tmp_path, request, "test_legacy"):
+        monkeypatch.setenv("TRACKER_DB_URL", url)
+        old = SQLTrackerStore(domain=domain, host=url)  # Rasa's own store: no state table
+        start = time.time() - 600
+        original = new_tracker(domain, "regular", lookup_conversation(start))
+        try:
+            save(old, original)
+            assert not sa.inspect(old.engine).has_table("lakala_conversation_state")
+        finally:
+            old.engine.dispose()
+        first, second = UrlSQLTrackerStore(domain=domain), UrlSQLTrackerStore(domain=domain)
+        try:
+            restored = retrieve(first, "regular")
+            assert_same_conversation(restored, original)
+            stale = retrieve(second, "regular")
+            assert restored is not None and stale is not None
+            for event in turn("押金能退吗", start + 100):
+                restored.update(event)
+            save(first, restored)
+            with first.engine.connect() as connection:
+                versions = connection.execute(sa.text("SELECT version FROM lakala_conversation_state")).scalars()
+                assert versions.all() == [1]
+            for event in turn("要多久", start + 100):
+                stale.update(event)
+            with pytest.raises(ConversationChanged):
+                save(second, stale)
+            again = retrieve(second, "regular")
+            assert again is not None
+            assert as_dicts(again.events) == as_dicts(restored.events)
+            assert len(rows_of(first, "regular")) == len(original.events) + 4
+        finally:
+            first.engine.dispose()
+            second.engine.dispose()
