@@ -24,6 +24,14 @@ WIDGET = WEB / "node_modules" / "rasa-webchat" / "lib" / "index.js"
 # in mainland China, where it stalls) for a Latin font our Chinese text does not use.
 GOOGLE_FONTS_IMPORT = b"@import url(https://fonts.googleapis.com/css?family=Inter:400,500,700&display=swap);"
 
+# rasa-webchat 1.0.1 accepts a `protocolOptions` prop and hands it to its socket.io factory, which
+# drops it: the client always starts with HTTP long-polling, then upgrades. Behind several
+# replicas (make cluster) the polling handshake and the upgrade land on different replicas and
+# the session is refused. The factory is given its fourth argument, so `protocolOptions`
+# ({transports: ["websocket"]} in lakala-chat.js) reaches socket.io-client.
+SOCKETIO_FACTORY = b"socketio:function(e,t,n){var r=n?{path:n}:{},"
+SOCKETIO_FACTORY_WITH_OPTIONS = b"socketio:function(e,t,n,p){var r=Object.assign(n?{path:n}:{},p),"
+
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8"}
 FILES = {"/": WEB / "index.html", "/index.html": WEB / "index.html",
@@ -37,7 +45,10 @@ def widget_bundle() -> bytes:
     bundle = WIDGET.read_bytes()
     if GOOGLE_FONTS_IMPORT not in bundle:
         logger.warning("%s no longer imports Google Fonts; check the bundle for other remote requests", WIDGET)
-    return bundle.replace(GOOGLE_FONTS_IMPORT, b"")
+    if bundle.count(SOCKETIO_FACTORY) != 1:
+        raise RuntimeError(f"{WIDGET}: the socket.io factory is not the one of rasa-webchat 1.0.1; check that "
+                           "protocolOptions reaches socket.io-client and update web_server.py")
+    return bundle.replace(GOOGLE_FONTS_IMPORT, b"").replace(SOCKETIO_FACTORY, SOCKETIO_FACTORY_WITH_OPTIONS)
 
 
 def config_js(socket_url: str) -> bytes:

@@ -72,6 +72,19 @@ def test_chinese_page_with_greeting_buttons_and_no_internet(page: Page, web_chat
     assert remote_requests == [], "the page must work without internet access"
 
 
+def test_the_widget_speaks_websocket_only(page: Page, web_chat: WebChat):
+    """No long-polling: a connection is one WebSocket request, which any replica behind nginx can
+    hold without sticky sessions (make cluster). rasa-webchat drops `protocolOptions` on its own;
+    scripts/web_server.py hands them on."""
+    polling: List[str] = []
+    sockets: List[str] = []
+    page.on("request", lambda request: polling.append(request.url) if "transport=polling" in request.url else None)
+    page.on("websocket", lambda socket: sockets.append(socket.url))
+    open_chat(page, web_chat)
+    assert polling == []
+    assert len(sockets) == 1 and "transport=websocket" in sockets[0] and "sid=" not in sockets[0]
+
+
 def test_question_button_terminal_lookup_and_reload(page: Page, web_chat: WebChat, remote_requests):
     open_chat(page, web_chat)
 
