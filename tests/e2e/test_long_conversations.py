@@ -14,6 +14,7 @@ import itertools
 import json
 import socket
 import threading
+import urllib.error
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
@@ -146,7 +147,7 @@ class ActionRelay:
 def test_a_message_answered_from_a_stale_read_gets_the_apology(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While the server waits for the action server, another server saves the same
     conversation (here: a store in this process appends a turn). The late save is refused:
-    the user gets the apology, nothing of that turn is stored, and the next message is
+    the user gets the apology (REST: with 503), nothing of that turn is stored, and the next message is
     answered from the conversation as the other server left it."""
     bot = Bot(tmp_path)
     relay = ActionRelay(bot.action_port)
@@ -164,9 +165,12 @@ def test_a_message_answered_from_a_stale_read_gets_the_apology(tmp_path: Path, m
         before = stored_events(bot, f"rest:{sender}")
 
         relay.before_call = lambda: other_server_answers(other, f"rest:{sender}")
-        answer = bot.send(sender, "K7306118")  # the form asks the action server to check it
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the form asks the action server to check it
+            bot.send(sender, "K7306118")
         assert relay.before_call is None, "the action server was not called"
-        assert answer == [{"recipient_id": f"rest:{sender}", **FAILURE}]
+        # 503 with the apology: the message was not kept, and a client may send it again.
+        assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "2"
+        assert json.loads(refused.value.read()) == [{"recipient_id": f"rest:{sender}", **FAILURE}]
         after = stored_events(bot, f"rest:{sender}")
         # The other server's turn only, nothing of the refused one.
         assert after[len(before):] == [("user", "另一台服务器收到的"), ("action", "utter_greet"),
