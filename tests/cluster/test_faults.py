@@ -3,15 +3,27 @@ an action server hung, Redis and PostgreSQL restarted, a rolling restart. REST c
 through nginx and retry with the same message id; afterwards the tracker store is audited:
 nothing lost, duplicated or reordered."""
 import asyncio
+import json
 import os
 import signal
 import threading
 import time
+import urllib.request
 from typing import Callable, Dict
 
 import pytest
 
-from tests.support.cluster import MESSAGE_ID_KEY, SCRIPT, TEST_ID_KEY, Cluster, Load, audit, audit_messages, wait_for
+from tests.support.cluster import (
+    MESSAGE_ID_KEY,
+    SCRIPT,
+    TEST_ID_KEY,
+    Cluster,
+    Load,
+    answers,
+    audit,
+    audit_messages,
+    wait_for,
+)
 from tests.support.servers import render
 
 SENDERS = 6
@@ -137,23 +149,14 @@ def test_a_rolling_restart_of_every_replica(cluster, fault_table):
     def rolling() -> None:
         for n in range(cluster.replicas):
             cluster.ctl("restart", f"rasa:rasa-{n}")
-            port = cluster.replica_port(n)
-            wait_for(lambda port=port: _answers(port), 300, f"replica {n} back")
+            url = f"http://127.0.0.1:{cluster.replica_port(n)}/"
+            wait_for(lambda url=url: answers(url), 300, f"replica {n} back")
 
     load = under_load(cluster, "rolling", rolling, messages=MESSAGES * 2)
     assert_nothing_lost(counted(cluster, fault_table, "rolling restart of every replica", load))
 
 
-def _answers(port: int) -> bool:
-    from tests.support.cluster import answers
-
-    return answers(f"http://127.0.0.1:{port}/")
-
-
 def cluster_say(cluster: Cluster, sender: str, text: str) -> list:
-    import json
-    import urllib.request
-
     request = urllib.request.Request(f"{cluster.url}/webhooks/rest/webhook",
                                      data=json.dumps({"sender": sender, "message": text}).encode(),
                                      headers={"Content-Type": "application/json"})
