@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from lakala_common.settings import REPO_ROOT, domain_path, number_from_env, private_sqlite_file  # noqa: F401
 
@@ -21,6 +22,8 @@ DEFAULT_VERIFICATION_TTL_MINUTES = 30.0
 DEFAULT_HOST = "127.0.0.1"  # Rasa calls it on this machine; set ACTION_SERVER_HOST for another host
 DEFAULT_PORT = 5055
 DEFAULT_MAX_BODY_KB = 2048  # a whole conversation is sent with each call
+DEFAULT_WECOM_POLL_SECONDS = 5.0
+DEFAULT_TICKET_PHONE_RETENTION_DAYS = 30.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,14 @@ class Settings:
     token: str = ""  # ACTION_SERVER_TOKEN: Rasa's calls must carry it
     max_body_kb: int = DEFAULT_MAX_BODY_KB  # ACTION_SERVER_MAX_BODY_KB
     log_level: str = "INFO"  # LOG_LEVEL
+    # WECOM_WEBHOOK_URL: the support group's robot (its key is a secret: kept out of repr);
+    # empty: callback tickets are kept but nobody is notified.
+    wecom_webhook_url: str = field(default="", repr=False)
+    wecom_poll_seconds: float = DEFAULT_WECOM_POLL_SECONDS  # WECOM_POLL_SECONDS: how often due notifications go out
+    # TICKET_PHONE_RETENTION_DAYS: a closed ticket's phone number is deleted this long after; 0: at once
+    ticket_phone_retention_days: float = DEFAULT_TICKET_PHONE_RETENTION_DAYS
+    # TRACKER_DB_URL: the Rasa server's conversations, read by the tickets CLI for transcripts
+    tracker_db_url: str = ""
 
     @property
     def var_dir(self) -> Path:
@@ -64,6 +75,10 @@ def default_db_url(repo_root: Path = REPO_ROOT) -> str:
     return f"sqlite:///{repo_root / 'var' / 'terminals.db'}"
 
 
+def default_tracker_db_url(repo_root: Path = REPO_ROOT) -> str:
+    return f"sqlite:///{repo_root / 'var' / 'tracker.db'}"
+
+
 def _timeout_from_env(raw: str | None) -> float:
     if raw is None or not raw.strip():
         return DEFAULT_DB_TIMEOUT_SECONDS
@@ -74,6 +89,19 @@ def _timeout_from_env(raw: str | None) -> float:
     if value <= 0:
         logger.warning("Ignoring invalid DB_TIMEOUT_SECONDS=%r; using %s", raw, DEFAULT_DB_TIMEOUT_SECONDS)
         return DEFAULT_DB_TIMEOUT_SECONDS
+    return value
+
+
+def _webhook_from_env(raw: str | None) -> str:
+    """WECOM_WEBHOOK_URL if it is an http(s) URL; else empty (notifications off), with a
+    warning that never repeats the value (it holds the robot's key)."""
+    value = (raw or "").strip()
+    if not value:
+        return ""
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        logger.warning("Ignoring WECOM_WEBHOOK_URL: not an http(s) URL; ticket notifications are off")
+        return ""
     return value
 
 
@@ -97,6 +125,11 @@ def from_env() -> Settings:
         token=os.environ.get("ACTION_SERVER_TOKEN", "").strip(),
         max_body_kb=int(number_from_env("ACTION_SERVER_MAX_BODY_KB", DEFAULT_MAX_BODY_KB)),
         log_level=os.environ.get("LOG_LEVEL", "").strip() or "INFO",
+        wecom_webhook_url=_webhook_from_env(os.environ.get("WECOM_WEBHOOK_URL")),
+        wecom_poll_seconds=number_from_env("WECOM_POLL_SECONDS", DEFAULT_WECOM_POLL_SECONDS),
+        ticket_phone_retention_days=number_from_env(
+            "TICKET_PHONE_RETENTION_DAYS", DEFAULT_TICKET_PHONE_RETENTION_DAYS, allow_zero=True),
+        tracker_db_url=os.environ.get("TRACKER_DB_URL", "").strip() or default_tracker_db_url(),
     )
 
 

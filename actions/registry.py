@@ -13,7 +13,7 @@ import re
 import secrets
 import string
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -86,6 +86,40 @@ sa.Index(
     unique=True,
     sqlite_where=sa.text("status = 'pending'"),
     postgresql_where=sa.text("status = 'pending'"),
+)
+
+
+# Callback requests a merchant left for a person (actions/tickets.py). The row is also the
+# outbox of its notification to the support team (actions/notify.py): due at notify_next_at,
+# claimed by one action server until notify_lease_until, done at notified_at. Times are naive UTC.
+callback_tickets = sa.Table(
+    "callback_tickets",
+    metadata,
+    sa.Column("ticket_id", sa.String(20), primary_key=True),
+    sa.Column("conversation", sa.String(255), nullable=False),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("topic", sa.String(200), nullable=False),
+    sa.Column("phone", sa.String(20), nullable=True),  # set NULL once closed for the retention period
+    sa.Column("phone_masked", sa.String(20), nullable=False),
+    sa.Column("terminal_id", sa.String(8), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("closed_at", sa.DateTime, nullable=True),
+    sa.Column("close_note", sa.Text, nullable=True),
+    sa.Column("notify_attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("notify_next_at", sa.DateTime, nullable=True, index=True),
+    sa.Column("notify_lease_until", sa.DateTime, nullable=True),
+    sa.Column("notified_at", sa.DateTime, nullable=True),
+    sa.CheckConstraint("status IN ('open', 'closed')", name="ck_callback_ticket_status"),
+)
+
+# As for deregistrations: the database guarantees at most one open ticket per conversation.
+sa.Index(
+    "uq_callback_one_open",
+    callback_tickets.c.conversation,
+    unique=True,
+    sqlite_where=sa.text("status = 'open'"),
+    postgresql_where=sa.text("status = 'open'"),
 )
 
 
@@ -387,6 +421,11 @@ class Registry:
             raise RegistryUnavailable(str(error).splitlines()[0]) from error
         except sa_exc.SQLAlchemyError as error:
             raise RegistryError(type(error).__name__) from error
+
+    def db_errors(self) -> AbstractContextManager[None]:
+        """Database errors raised inside as RegistryError or RegistryUnavailable, for the
+        stores that share this engine (actions/tickets.py)."""
+        return self._db_errors()
 
     # --- seeding ----------------------------------------------------------------------------
 

@@ -100,7 +100,9 @@ CLUSTER_SH = (ROOT / "scripts" / "cluster.sh").read_text(encoding="utf-8")
 CLUSTER_SECRETS = set(re.search(r"^load_secrets (.+)$", CLUSTER_SH, re.M).group(1).split())
 CLUSTER_GIVES = (set(re.findall(r"^export (\w+)=", CLUSTER_SH, re.M)) | CLUSTER_SECRETS
                  | names_read_by(ROOT / "scripts" / "cluster.py", calls={"setdefault"}))
-SECRETS = (CLUSTER_SECRETS | yaml_variables(ROOT / "endpoints.yml", *CREDENTIALS)
+# Settings whose value holds a secret without saying so in their name.
+SECRET_URLS = {"WECOM_WEBHOOK_URL"}  # the group robot's key is the URL's query
+SECRETS = (CLUSTER_SECRETS | yaml_variables(ROOT / "endpoints.yml", *CREDENTIALS) | SECRET_URLS
            | {name for name in READS["rasa"] | READS["actions"] if SECRET_SUFFIX.search(name)})
 
 
@@ -142,7 +144,9 @@ LEFT_AT_DEFAULT = {
     "rasa": {"REST_OPEN": "development only: REST goes through the ingress with JWTs",
              "WECHAT_API_BASE": "WeChat's own API; only tests point it elsewhere",
              "WECHAT_OUTBOX_RECLAIM_SECONDS": "60 s: a dead replica's WeChat answers are resent after a minute"},
-    "actions": {"ACTION_SERVER_PORT": "the --port argument sets it"},
+    "actions": {"ACTION_SERVER_PORT": "the --port argument sets it",
+                "WECOM_POLL_SECONDS": "5 s: a new ticket is posted at once anyway (kicked), this paces retries",
+                "TICKET_PHONE_RETENTION_DAYS": "30 days after a ticket is closed, its phone number is deleted"},
     "web": {},
 }
 
