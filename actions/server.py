@@ -11,6 +11,9 @@ run with three guards that `rasa run actions` does not have:
   error reply never echoes the request (rasa_sdk's own handler sends the body back);
 - digit runs in its log lines are masked (lakala_common/log_masking.py).
 
+It also runs the callback-ticket notification loop (actions/notify.py) on its event loop,
+from server start to server stop.
+
 usage: python -m actions.server [--port 5055]
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 
 from actions import config
+from actions.notify import NotificationLoop
 from lakala_common import log_masking
 
 logger = logging.getLogger(__name__)
@@ -77,6 +81,21 @@ def guarded_app(token: str, max_body: int, package: str = "actions") -> Sanic:
     return app
 
 
+def attach_notifications(app: Sanic) -> None:
+    """Posts callback tickets to the support group while the server runs (actions/notify.py)."""
+
+    @app.listener("after_server_start")
+    async def start_notifications(app: Sanic, _loop: object) -> None:
+        app.ctx.notifications = NotificationLoop()
+        app.ctx.notifications.start()
+
+    @app.listener("before_server_stop")
+    async def stop_notifications(app: Sanic, _loop: object) -> None:
+        notifications = getattr(app.ctx, "notifications", None)
+        if notifications is not None:
+            await notifications.stop()
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description="the action server, callable by Rasa only")
     settings = config.start()
@@ -92,6 +111,7 @@ def main(argv: Optional[list] = None) -> int:
     utils.configure_colored_logging(settings.log_level)
     utils.update_sanic_log_level()
     app = guarded_app(token, _max_body_bytes())
+    attach_notifications(app)
     logger.info("Action server listening on %s:%s (token required)", host, args.port)
     app.run(host, args.port, workers=1, access_log=False)
     return 0
