@@ -2,7 +2,7 @@
 types to verify a terminal is masked before events are written.
 
 Masked, in the text of user messages and in slot values:
-- a phone number (11 digits starting with 1) anywhere;
+- a phone number (11 digits starting with 1, or with the country code 86 / 0086) anywhere;
 - four digits while the bot asks for the phone tail, typed with spaces or full-width too
   (6721, 67 21, ６７２１);
 - four to seven digits while the bot asks for the terminal number (a tail typed too early,
@@ -33,6 +33,8 @@ def _masked_run(run: str, requested: Optional[str]) -> bool:
     digits = _digits(run)
     if len(digits) == 11 and digits.startswith("1"):
         return True  # a mobile phone number
+    if (len(digits) == 13 and digits.startswith("861")) or (len(digits) == 15 and digits.startswith("00861")):
+        return True  # the same with China's country code (+86 13800138000)
     if requested == PHONE_TAIL:
         return len(digits) == 4
     if requested == TERMINAL_ID:

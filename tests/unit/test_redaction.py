@@ -60,7 +60,8 @@ def test_tails_typed_with_spaces_or_full_width_digits_are_masked():
 
 
 def test_whole_phone_numbers_are_masked_in_any_turn():
-    for typed in ("我手机13800006721", "手机 138 0000 6721", "138-0000-6721", "１３８００００６７２１"):
+    for typed in ("我手机13800006721", "手机 138 0000 6721", "138-0000-6721", "１３８００００６７２１",
+                  "+86 13800006721", "电话+86 138 0000 6721", "008613800006721"):
         masked = redact_event_dict(user(typed), None)["text"]
         assert "6721" not in masked and "６７２１" not in masked and MASK in masked, typed
 
