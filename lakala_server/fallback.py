@@ -7,7 +7,10 @@ If the conversation could not be saved because another server saved it after it 
 state and is not kept: the user gets the apology instead of it (on a channel that collects
 the turn's messages, REST and WeChat; a live channel such as the web chat has already shown
 them, and the apology follows) and can send the message again. A turn that was not stored
-sets `turn_not_stored`, and REST answers it with 503 so that a client retries."""
+sets `turn_not_stored`, and REST answers it with 503 so that a client retries.
+
+A turn of a paused conversation (a person has taken it over, lakala_server/handoff.py) is
+silent on purpose and gets no apology."""
 import contextvars
 import copy
 import logging
@@ -15,7 +18,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from rasa.core.channels.channel import UserMessage
 
-from lakala_server import texts
+from lakala_server import handoff, texts
 from lakala_server.patches.tracker_failsafe import TrackerStoreUnavailable
 from lakala_server.tracker_store import ConversationChanged
 
@@ -72,6 +75,8 @@ def never_silent(
                 turn_not_stored.set(True)
         finally:
             channel.send_response = original  # type: ignore[method-assign]
+        if sent[0] == 0 and handoff.was_paused(channel):
+            return  # a person is talking with the merchant: the bot keeps quiet on purpose
         if sent[0] == 0:
             logger.error("no reply for a message from %s; sending %s", message.sender_id, FAILURE_RESPONSE)
             # send_response pops keys from the dict it is given: hand it a copy.

@@ -25,6 +25,7 @@ from lakala_server.patches import (
     domain_empty,
     event_classes,
     graph_runner,
+    handoff_pause,
     tracker_failsafe,
     typed_commands,
 )
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 RASA_VERSION = "3.6.21"  # the version every patch was written and tested against
 PATCHES = (
     action_result, graph_runner, action_session, action_timeout, event_classes, domain_empty, typed_commands, admission,
-    tracker_failsafe,
+    tracker_failsafe, handoff_pause,
 )
 
 _installed: List[str] = []
