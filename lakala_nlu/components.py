@@ -9,6 +9,9 @@ from rasa.engine.storage.storage import ModelStorage
 from rasa.nlu.constants import RESPONSE_SELECTOR_PROPERTY_NAME
 from rasa.shared.constants import DEFAULT_NLU_FALLBACK_INTENT_NAME
 from rasa.shared.nlu.constants import (
+    ENTITIES,
+    ENTITY_ATTRIBUTE_END,
+    ENTITY_ATTRIBUTE_START,
     INTENT,
     INTENT_NAME_KEY,
     INTENT_RANKING_KEY,
@@ -18,11 +21,36 @@ from rasa.shared.nlu.constants import (
 from rasa.shared.nlu.training_data.message import Message
 from rasa.shared.nlu.training_data.training_data import TrainingData
 
+from lakala_common.log_masking import DIGIT_RUN
 from lakala_nlu import spacy_zh  # noqa: F401  registers the jieba tokenizer for SpacyNLP
 from lakala_nlu.text import MAX_MESSAGE_CHARS, input_issue, normalize
 
 INPUT_ISSUE = "input_issue"
 FALLBACK = {INTENT_NAME_KEY: DEFAULT_NLU_FALLBACK_INTENT_NAME, PREDICTED_CONFIDENCE_KEY: 1.0}
+
+
+def is_long_number(run: str) -> bool:
+    """A phone number (11 digits from 1, or with China's code 86 / 0086) or a card or ID number
+    (15 digits or more): a run of digits no terminal number or phone tail is part of."""
+    digits = "".join(character for character in run if character.isdigit())
+    return ((len(digits) == 11 and digits.startswith("1")) or (len(digits) == 13 and digits.startswith("861"))
+            or len(digits) >= 15)
+
+
+def without_pieces_of_longer_numbers(text: str, entities: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The entities, less any terminal number or phone tail cut out of a phone, card or ID
+    number: the last 8 or 4 digits of 138 0013 8000 are neither. (A terminal number and a
+    tail typed together, 30091254 6721, stay.)"""
+    runs = [(m.start(), m.end()) for m in DIGIT_RUN.finditer(text or "") if is_long_number(m.group(0))]
+    kept = []
+    for entity in entities:
+        start, end = entity.get(ENTITY_ATTRIBUTE_START), entity.get(ENTITY_ATTRIBUTE_END)
+        if isinstance(start, int) and isinstance(end, int) and any(
+            run_start <= start and end <= run_end for run_start, run_end in runs
+        ):
+            continue
+        kept.append(entity)
+    return kept
 
 
 @DefaultV1Recipe.register(
@@ -69,7 +97,8 @@ class ChineseTextNormalizer(GraphComponent):
     [DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER], is_trainable=False
 )
 class InputGuard(GraphComponent):
-    """Sends empty, oversized and non-Chinese messages to the fallback instead of guessing.
+    """Sends empty, oversized and non-Chinese messages to the fallback instead of guessing,
+    and drops a terminal number or phone tail found inside a longer number (a phone number).
 
     A foreign-script sentence keeps the classifier's intent when the classifier is sure
     of it (the pinyin featurizer reads English domain words such as deposit or cancel);
@@ -125,6 +154,11 @@ class InputGuard(GraphComponent):
 
     def process(self, messages: List[Message]) -> List[Message]:
         for message in messages:
+            entities = message.get(ENTITIES) or []
+            if entities:
+                kept = without_pieces_of_longer_numbers(message.get(TEXT) or "", entities)
+                if len(kept) != len(entities):
+                    message.set(ENTITIES, kept, add_to_output=True)
             issue: Optional[str] = message.get(INPUT_ISSUE)
             if not issue:
                 self._confidence_rules(message)

@@ -58,3 +58,20 @@ def test_a_foreign_sentence_without_a_confident_intent_falls_back():
 def test_empty_and_too_long_always_fall_back():
     for issue in ("empty", "too_long"):
         assert parsed("ask_deposit", 0.99, [("ask_deposit", 0.99)], issue=issue) == "nlu_fallback"
+
+
+def test_a_phone_number_holds_no_terminal_number_or_tail():
+    from lakala_nlu.components import without_pieces_of_longer_numbers
+
+    def spans(text, found):
+        return [text[e["start"]:e["end"]] for e in without_pieces_of_longer_numbers(text, found)]
+
+    phone = "我的手机是 138 0013 8000"
+    assert spans(phone, [{"entity": "terminal_id", "start": 10, "end": 19},
+                         {"entity": "phone_tail", "start": 15, "end": 19}]) == []
+    assert spans("+86 139 0000 1111", [{"entity": "phone_tail", "start": 13, "end": 17}]) == []
+    # A terminal number and its tail typed together are two entities, not one long number.
+    together = "30091254 6721"
+    assert spans(together, [{"entity": "terminal_id", "start": 0, "end": 8},
+                            {"entity": "phone_tail", "start": 9, "end": 13}]) == ["30091254", "6721"]
+    assert spans("终端K730 6118", [{"entity": "terminal_id", "start": 2, "end": 11}]) == ["K730 6118"]
