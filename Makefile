@@ -25,7 +25,7 @@ NLU_DATA := $(shell find data -name '*.yml' 2>/dev/null)
 NLU_CODE := $(wildcard lakala_nlu/*.py) lakala_nlu/userdict.txt
 
 .PHONY: help install spacy train run test lint validate unit nlu-test nlu-blind core-test e2e security browser web chromium clean lock \
-	wechat wechat-demo bench-wechat bench review cluster services cluster-test
+	wechat wechat-demo bench-wechat bench review cluster services cluster-test tickets
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -139,6 +139,10 @@ bench-wechat: $(MODEL)  ## WeChat acknowledgement latency under a steady stream 
 # REVIEW_ARGS, e.g. "--since 24h --below 0.5 --db URL"; see python -m lakala_server.review --help.
 review: $(VENV)/.installed  ## unsure messages from the tracker store, masked and grouped: results/review.yml
 	$(BIN)/python -m lakala_server.review $(REVIEW_ARGS)
+
+# TICKETS_ARGS, e.g. "show HJ20261203ABC123" or "close HJ20261203ABC123 --note 已回电，已解决".
+tickets: $(VENV)/.installed  ## callback tickets: open ones; TICKETS_ARGS="show ID" or "close ID --note ..."
+	$(BIN)/python -m actions.tickets_cli $(TICKETS_ARGS)
 
 test: lint validate unit nlu-test nlu-blind core-test e2e security browser wechat cluster-test  ## run every test
 

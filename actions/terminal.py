@@ -18,6 +18,7 @@ from rasa_sdk.types import DomainDict
 
 from actions import policy
 from actions.config import get_settings
+from actions.handoff import hand_over_after_lockout
 from actions.registry import (
     AlreadyDeregistered,
     RegistryError,
@@ -352,8 +353,7 @@ class ActionTerminalStatus(Action):
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> List[EventType]:
         if is_locked(tracker):
-            dispatcher.utter_message(response="utter_verification_locked")
-            return []
+            return hand_over_after_lockout(dispatcher)
         terminal_id = verified(tracker)
         if not terminal_id or terminal_id != tracker.get_slot("terminal_id"):
             return []  # the form stopped early and already said why
@@ -412,8 +412,7 @@ class ActionSubmitDeregistration(Action):
     ) -> List[EventType]:
         reset = [SlotSet("deregistration_confirmed", None)]
         if is_locked(tracker):
-            dispatcher.utter_message(response="utter_verification_locked")
-            return reset
+            return reset + hand_over_after_lockout(dispatcher)
         terminal_id = verified(tracker)
         if not terminal_id or terminal_id != tracker.get_slot("terminal_id"):
             return reset

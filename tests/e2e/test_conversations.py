@@ -57,7 +57,7 @@ def test_bad_input_gets_a_polite_answer(bot, message, response):
         ("三个月没刷卡会不会被停用", "utter_dormancy"),
         ("今天天气怎么样", "utter_out_of_scope"),
         ("教我怎么用刷卡机套现", "utter_decline_cash_out"),
-        ("转人工", "utter_handoff"),
+        ("转人工", "utter_handoff_offer"),
         ("一清和二清哪个更安全", "utter_faq/yiqing_erqing"),
     ],
 )
@@ -126,13 +126,14 @@ def test_wrong_phone_tail_reveals_nothing_and_locks_after_three(bot):
     assert_turn(turn, reply("utter_phone_tail_wrong", tries_left=1), reply("utter_ask_phone_tail"))
     texts += turn
     turn = bot.texts(sender, "3333")
-    assert_said(turn, "utter_verification_locked")
+    # A person checks who the merchant is: the bot offers a callback.
+    assert_turn(turn, reply("utter_verification_locked"), reply("utter_handoff_offer"))
     texts += turn
     joined = "".join(texts)
     for secret in ("张记便利店", "299", "200", "6721", "电签POS"):
         assert secret not in joined
     again = bot.texts(sender, "帮我查一下终端状态")
-    assert_said(again, "utter_verification_locked")
+    assert_turn(again, reply("utter_verification_locked"), reply("utter_handoff_offer"))
 
 
 def test_malformed_and_unknown_terminal_numbers(bot):

@@ -92,6 +92,9 @@ class Bot:
             ACTION_SERVER_TOKEN=secrets.token_urlsafe(24),
             VERIFICATION_SECRET=secrets.token_urlsafe(24),
             WEB_SESSION_SECRET=secrets.token_urlsafe(24),
+            # Agents around the clock unless a test says otherwise: answers do not depend on the hour.
+            SERVICE_HOURS="00:00-24:00",
+            SERVICE_DAYS="daily",
         )
         env.update(extra_env or {})
         self.env = env

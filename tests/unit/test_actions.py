@@ -345,11 +345,13 @@ def test_third_wrong_phone_tail_locks(registry: reg.Registry, form: Action) -> N
     locked = make_tracker({"terminal_id": "30091254", "verify_failures": 3.0})
     assert required_slots(ValidateTerminalStatusForm(), locked) == []
     assert required_slots(ValidateDeregistrationForm(), locked) == []
-    messages, _ = run(ActionTerminalStatus(), locked)
+    messages, events = run(ActionTerminalStatus(), locked)
     assert names(messages) == ["utter_verification_locked"]
     assert values(messages[0]) == {}
+    assert [(e["event"], e["name"]) for e in events] == [("followup", "action_handoff")]  # then a person
     messages, events = run(ActionSubmitDeregistration(), make_tracker({**verified("30091254"), "verify_failures": 3.0}))
     assert names(messages) == ["utter_verification_locked"]
+    assert any(event.get("event") == "followup" and event.get("name") == "action_handoff" for event in events)
     assert request_rows(registry, "30091254") == []
 
 
