@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 RASA_PORT=${RASA_PORT:-5005}
 API_PORT=${WECHAT_DEMO_API_PORT:-5057}
+# Transfers to the simulated 客服 (:agent, :switch, :close in the simulator) unless turned off.
+export WECHAT_HANDOFF=${WECHAT_HANDOFF:-1}
 mkdir -p var
 
 # Random settings for this run only; the simulator reads the same ones from the environment.

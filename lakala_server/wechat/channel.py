@@ -23,13 +23,14 @@ from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from lakala_server import config, fallback, shared
+from lakala_server import config, fallback, handoff, shared
 from lakala_server.channels import guard_server
 from lakala_server.wechat.api import CustomerServiceClient
 from lakala_server.wechat.cluster import POLL_SECONDS, Cluster, MessageShare, OutboxStream
 from lakala_server.wechat.delivery import (
     DEDUPE_TTL_SECONDS,
     LAST_DELIVERY,
+    TRANSFER,
     WECHAT_TIMEOUT_SECONDS,
     Deliveries,
     Delivery,
@@ -181,6 +182,8 @@ class WeChatInput(InputChannel):
                 await raw(message)
                 return None
             await safe(message)
+            if handoff.was_paused(output):
+                return await self._transfer(inbound.openid, output)
             reply, options = render(output.messages, self.texts.option_line)
         except Exception:
             logger.exception("handling a WeChat message failed; answering with the failure response")
@@ -194,6 +197,36 @@ class WeChatInput(InputChannel):
         except Exception:
             logger.exception("keeping the options offered to a WeChat user failed; they answer in words")
         return reply or None
+
+    async def _transfer(self, openid: str, output: WeChatOutput) -> str:
+        """A turn of a paused conversation: the message goes to the agents (the passive reply
+        `transfer_customer_service`); what the bot said while handing over (正在为您转接…) is
+        sent through the customer-service API, when there is one."""
+        text, _ = render(output.messages, self.texts.option_line)
+        try:
+            await self._options.pop(openid)
+        except Exception:
+            logger.exception("forgetting the options offered to a WeChat user failed")
+        if text and self.api is not None:
+            self.outbox.spawn(self.outbox.send_now(openid, text))
+        elif text:
+            logger.info("no customer-service API (WECHAT_APPSECRET): the hand-over notice is not sent")
+        return TRANSFER
+
+    async def _agent_event(self, agent: Any, inbound: Inbound) -> Optional[str]:
+        """WeChat's customer-service session events: an agent took the conversation
+        (kf_create_session), passed it on (kf_switch_session) or closed it (kf_close_session,
+        after which the bot answers again and says so)."""
+        message: Any = inbound.message
+        kind = inbound.event
+        account = str(getattr(message, "to_account", None) or getattr(message, "account", None) or "")
+        if agent is None or getattr(agent, "tracker_store", None) is None:
+            logger.error("a customer-service event arrived before the bot was ready; ignored")
+            return None
+        was_paused = await handoff.agent_event(agent, WECHAT_PREFIX + inbound.openid, kind, account)
+        if kind == handoff.KF_CLOSE and was_paused:
+            return self.texts.handoff_ended
+        return None
 
     def _start(self, inbound: Inbound, safe: Handler, raw: Handler) -> Delivery:
         """The Delivery of a message seen for the first time, its processing started."""
@@ -273,13 +306,22 @@ class WeChatInput(InputChannel):
             except Rejected as rejected:
                 logger.warning("WeChat webhook rejected a request: %s", rejected.reason)
                 return response.text(rejected.reason, status=rejected.status)
-            delivery = await self._delivery(inbound, safe, on_new_message)
-            if delivery is not None:
-                reply = await delivery.answer(arrived)
+            if inbound.msg_type == "event" and inbound.event in handoff.KF_EVENTS:
+                try:
+                    reply = await self._agent_event(getattr(request.app.ctx, "agent", None), inbound)
+                except Exception:
+                    logger.exception("recording a customer-service session event failed")
+                    return response.text("", status=500)  # WeChat delivers it again
             else:
-                reply = await self._answer_from_elsewhere(inbound, arrived)
+                delivery = await self._delivery(inbound, safe, on_new_message)
+                if delivery is not None:
+                    reply = await delivery.answer(arrived)
+                else:
+                    reply = await self._answer_from_elsewhere(inbound, arrived)
             if not reply:
                 return response.text(ACK)
+            if reply == TRANSFER:
+                return response.text(self.envelope.transfer(inbound), content_type="application/xml; charset=utf-8")
             try:
                 text = await self.outbox.passive(inbound.openid, reply)
             except Exception:

@@ -57,6 +57,11 @@ REST_DELAY_SECONDS = 1.0
 DEDUPE_TTL_SECONDS = MAX_CLOCK_SKEW_SECONDS + 60
 
 
+# The reply that hands a message to the 公众号's customer-service agents (a passive reply only,
+# lakala_server/handoff.py); never a text.
+TRANSFER = "\x00transfer_customer_service"
+
+
 class State(Enum):
     RECEIVED = "received"
     PROCESSING = "processing"
@@ -104,6 +109,11 @@ class Outbox:
     async def send(self, openid: str, reply: str) -> State:
         """Sends an answer outside a passive reply: DELIVERED_BY_API if the customer-service API
         took it, QUEUED if the durable outbox did, CARRIED_OVER if it waits for the next reply."""
+        if reply == TRANSFER:
+            # A transfer is a passive reply only. The conversation is paused, so the user's
+            # next message is transferred; there is nothing to send now.
+            logger.info("a transfer to customer service came too late for its passive reply")
+            return State.DELIVERED_BY_API
         if self.api is not None and self.stream is not None:
             try:
                 await self.stream.add(openid, reply)
@@ -129,7 +139,10 @@ class Outbox:
 
     async def passive(self, openid: str, text: str) -> str:
         """The passive reply's text: what was carried over, then `text`, cut to WeChat's limit;
-        the rest follows outside the reply."""
+        the rest follows outside the reply. A transfer stays a transfer (what was carried over
+        waits for the next reply)."""
+        if text == TRANSFER:
+            return text
         pending = await self._carried_over.pop_all(openid)
         pieces = split_text("\n\n".join(pending + [text]))
         if len(pieces) > 1:

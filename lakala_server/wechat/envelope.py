@@ -19,6 +19,7 @@ from wechatpy.crypto import PrpCrypto, WeChatCrypto
 from wechatpy.events import EVENT_TYPES
 from wechatpy.exceptions import InvalidAppIdException
 from wechatpy.messages import MESSAGE_TYPES, BaseMessage, UnknownMessage
+from wechatpy.replies import TransferCustomerServiceReply
 from wechatpy.utils import WeChatSigner
 
 from lakala_server import config
@@ -170,7 +171,14 @@ class Envelope:
 
     def reply(self, text: str, inbound: Inbound) -> str:
         """The passive reply's XML, encrypted when the request was."""
-        xml = create_reply(_cdata_safe(text), message=inbound.message).render()
+        return self._sealed(create_reply(_cdata_safe(text), message=inbound.message).render(), inbound)
+
+    def transfer(self, inbound: Inbound) -> str:
+        """The passive reply that hands the message to the 公众号's customer-service agents
+        (MsgType transfer_customer_service), encrypted when the request was."""
+        return self._sealed(TransferCustomerServiceReply(message=inbound.message).render(), inbound)
+
+    def _sealed(self, xml: str, inbound: Inbound) -> str:
         if inbound.encrypted:
             xml = self.crypto.encrypt_message(xml, inbound.nonce)
         return xml

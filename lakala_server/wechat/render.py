@@ -23,6 +23,7 @@ OPTION_RESPONSE = "utter_wechat_option"
 UNSUPPORTED_RESPONSE = "utter_wechat_unsupported"
 VOICE_UNRECOGNIZED_RESPONSE = "utter_wechat_voice_unrecognized"
 STILL_WORKING_RESPONSE = "utter_wechat_still_working"
+HANDOFF_ENDED_RESPONSE = "utter_handoff_ended"
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ChannelTexts:
     voice_unrecognized: str
     still_working: str
     options_ttl_seconds: float
+    handoff_ended: str = ""
 
 
 def load_texts(path: Optional[Path] = None) -> ChannelTexts:
@@ -52,11 +54,13 @@ def load_texts(path: Optional[Path] = None) -> ChannelTexts:
             voice_unrecognized=text(VOICE_UNRECOGNIZED_RESPONSE),
             still_working=text(STILL_WORKING_RESPONSE),
             options_ttl_seconds=minutes * 60,
+            handoff_ended=text(HANDOFF_ENDED_RESPONSE),
         )
     except (OSError, KeyError, IndexError, TypeError, ValueError, RasaException) as error:
         raise InvalidConfigException(
             f"The WeChat channel needs the responses {OPTION_RESPONSE}, {UNSUPPORTED_RESPONSE}, "
-            f"{VOICE_UNRECOGNIZED_RESPONSE} and {STILL_WORKING_RESPONSE} in {path or 'the domain'} "
+            f"{VOICE_UNRECOGNIZED_RESPONSE}, {STILL_WORKING_RESPONSE} and {HANDOFF_ENDED_RESPONSE} "
+            f"in {path or 'the domain'} "
             f"({type(error).__name__})."
         ) from None
 

@@ -95,7 +95,13 @@ class Outcome:
     @property
     def acknowledged(self) -> bool:
         """Answered in time with "success" (or nothing): WeChat shows nothing and stops."""
-        return self.status == 200 and self.reply is None
+        return self.status == 200 and self.reply_xml is None
+
+    @property
+    def transferred(self) -> bool:
+        """Answered with transfer_customer_service: WeChat hands the message to the account's
+        customer-service agents (客服)."""
+        return bool(self.reply_xml) and self.reply_xml.get("MsgType") == "transfer_customer_service"
 
 
 class WeChatSimulator:
@@ -158,6 +164,17 @@ class WeChatSimulator:
         fields: Dict[str, Any] = {"Event": event}
         if key is not None:
             fields["EventKey"] = key
+        return self._xml(openid, "event", fields, create_time)
+
+    def kf_event(self, openid: str, event: str, account: str = "", to_account: str = "",
+                 create_time: Optional[int] = None) -> str:
+        """A customer-service session event: kf_create_session and kf_close_session carry the
+        agent's KfAccount, kf_switch_session FromKfAccount and ToKfAccount."""
+        fields: Dict[str, Any] = {"Event": event}
+        if event == "kf_switch_session":
+            fields.update(FromKfAccount=account, ToKfAccount=to_account)
+        else:
+            fields["KfAccount"] = account
         return self._xml(openid, "event", fields, create_time)
 
     # --- signing, encryption, delivery ------------------------------------------------------
@@ -386,6 +403,9 @@ HELP = """Type a message and press Enter. Other things a WeChat user can do:
   :image             send a picture
   :location          send a location
   :menu KEY          tap a menu item whose key is KEY (a button payload, e.g. /check_terminal_status)
+  :agent ACCOUNT     a customer-service agent takes the chat (kf_create_session), e.g. :agent kf2001@gh_demo
+  :switch FROM TO    the agent passes the chat on (kf_switch_session)
+  :close ACCOUNT     the agent ends the chat (kf_close_session); the bot answers again
   :quit              leave"""
 
 
@@ -405,11 +425,20 @@ def build(sim: WeChatSimulator, openid: str, line: str) -> Optional[str]:
         return sim.location(openid)
     if command == ":menu" and argument:
         return sim.event(openid, "CLICK", argument)
+    accounts = argument.split()
+    if command == ":agent" and len(accounts) == 1:
+        return sim.kf_event(openid, "kf_create_session", accounts[0])
+    if command == ":switch" and len(accounts) == 2:
+        return sim.kf_event(openid, "kf_switch_session", accounts[0], accounts[1])
+    if command == ":close" and len(accounts) == 1:
+        return sim.kf_event(openid, "kf_close_session", accounts[0])
     return None
 
 
 def show(outcome: Outcome) -> str:
     tries = ", ".join("timed out" if a.timed_out else f"HTTP {a.status} in {a.seconds:.2f} s" for a in outcome.attempts)
+    if outcome.transferred:
+        return f"    [转给客服] the message went to the account's customer-service agents\n    ({tries})"
     if outcome.reply is not None:
         return f"{outcome.reply}\n    ({tries})"
     if outcome.acknowledged:

@@ -138,10 +138,10 @@ class WeChatBot(Bot):
     """The real bot with the WeChat channel, talking to the stand-in WeChat API (or, with
     api=None, without an AppSecret: late answers come on WeChat's retries only)."""
 
-    def __init__(self, workdir: Path, api: Optional[FakeWeChatAPI]):
+    def __init__(self, workdir: Path, api: Optional[FakeWeChatAPI], extra_env: Optional[Dict[str, str]] = None):
         # Slow answers are made by holding the registry's database: the action server waits for it
         # (DB_TIMEOUT_SECONDS) and Rasa waits for the action server (ACTION_TIMEOUT_SECONDS).
-        env = {**SETTINGS, "DB_TIMEOUT_SECONDS": "30", "ACTION_TIMEOUT_SECONDS": "30"}
+        env = {**SETTINGS, "DB_TIMEOUT_SECONDS": "30", "ACTION_TIMEOUT_SECONDS": "30", **(extra_env or {})}
         if api is None:
             env["WECHAT_APPSECRET"] = ""
         else:
@@ -154,10 +154,10 @@ class WeChatBot(Bot):
         return simulator(self.url, mode)
 
 
-def started_bot(workdir: Path, api: Optional[FakeWeChatAPI]) -> WeChatBot:
+def started_bot(workdir: Path, api: Optional[FakeWeChatAPI], extra_env: Optional[Dict[str, str]] = None) -> WeChatBot:
     if not MODEL.exists():
         pytest.fail("no trained model: run `make train`")
-    return WeChatBot(workdir, api).start()
+    return WeChatBot(workdir, api, extra_env).start()
 
 
 @pytest.fixture(scope="module")

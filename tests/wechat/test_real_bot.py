@@ -310,3 +310,15 @@ def test_the_acknowledgement_is_on_time_under_load(wechat_bot):
         outcomes = list(pool.map(one, users))
     assert all(len(o.attempts) == 1 and o.attempts[0].seconds < 4.6 for o in outcomes)
     assert outcomes[0].acknowledged and all(o.reply for o in outcomes[1:])
+
+
+def test_without_transfer_turned_on_a_person_means_a_callback(wechat_bot):
+    """WECHAT_HANDOFF is off by default: the account may have no 客服 function, so nothing is
+    transferred and the merchant is offered a callback."""
+    sim, openid = wechat_bot.sim(), new_user()
+    outcome = sim.deliver(sim.text(openid, "转人工"))
+    assert not outcome.transferred
+    texts, options = split_reply(outcome.reply)
+    assert_said(texts, "utter_handoff_offer")
+    assert [title for _, title in options] == ["留电话等回电", "不用了"]
+    assert tracker_events(wechat_bot, openid, "pause") == []
