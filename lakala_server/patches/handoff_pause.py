@@ -14,9 +14,10 @@ predicted from the pausing action, not from a listening bot). Around Rasa's loop
 
 Rasa's own rule stays: a paused conversation's messages are stored and get no prediction.
 
-Proved by: tests/unit/test_handoff_pause.py (Rasa's processor with the trained model: paused,
-resumed by time, the listen after the pause) and tests/e2e/test_handoff.py (the real server,
-a pause kept across a restart).
+Proved by: tests/unit/test_handoff_pause.py (the wrapper around a recording loop: marked, ended
+listening, resumed when idle, kept when recent), tests/e2e/test_handoff.py and
+tests/wechat/test_handoff.py (the real servers: no answer in a pause, kept across a restart,
+resumed by kf_close_session and by the idle timeout).
 """
 import logging
 from typing import Any

@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from tests.support.servers import BIN, MODEL, ROOT, Bot, Process, free_port
+from tests.support.wecom import FakeWeCom
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -25,7 +26,10 @@ class WebChat:
         # An integrator's site embedding the chat, on a port of its own.
         self.shop_port = free_port()
         origins = f"http://127.0.0.1:{self.web_port},http://127.0.0.1:{self.shop_port}"
-        self.bot = Bot(workdir, extra_env={"WEB_ALLOWED_ORIGINS": origins})
+        # The support team's WeCom group, where callback tickets are posted.
+        self.wecom = FakeWeCom().start()
+        self.bot = Bot(workdir, extra_env={"WEB_ALLOWED_ORIGINS": origins, "WECOM_WEBHOOK_URL": self.wecom.url,
+                                           "WECOM_POLL_SECONDS": "1"})
         self.socket_url = f"http://127.0.0.1:{self.bot.rasa_port}"
         env = dict(self.bot.env, WEB_PORT=str(self.web_port), RASA_SOCKET_URL=self.socket_url)
         self.web = Process("web", [str(BIN / "python"), "scripts/web_server.py"], env, workdir, self.url)
@@ -38,6 +42,7 @@ class WebChat:
     def stop(self) -> None:
         self.web.stop()
         self.bot.stop()
+        self.wecom.stop()
 
 
 @pytest.fixture(scope="session")

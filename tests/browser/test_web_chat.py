@@ -224,3 +224,28 @@ def test_other_origins_are_refused_on_the_polling_transport_too(page: Page, web_
     assert page.evaluate(OPEN_POLLING, polling) == "open 0"
     page.goto(web_chat.url.replace("127.0.0.1", "localhost"))
     assert page.evaluate(OPEN_POLLING, polling) == "refused"
+
+
+def test_a_callback_request_in_the_web_chat(page: Page, web_chat: WebChat):
+    """转人工 on the page: the offer's button, the topic, consent by button, the number, a ticket
+    in the registry, the team told on its WeCom group with the number masked."""
+    open_chat(page, web_chat)
+    say(page, "转人工")
+    wait_for_reply(page, "utter_handoff_offer")
+    page.locator(".rw-reply", has_text="留电话等回电").last.click()
+    wait_for_reply(page, "utter_ask_callback_topic")
+    say(page, "机器不用了，想问押金怎么退")
+    wait_for_reply(page, "utter_ask_callback_consent")
+    page.locator(".rw-reply", has_text=re.compile(r"^同意$")).click()  # not 不同意
+    wait_for_reply(page, "utter_ask_callback_phone")
+    say(page, "137 0000 2468")
+    wait_for_reply(page, "utter_callback_created", phone="137****2468")
+    ticket = re.search(r"单号(HJ\w+)", replies(page)[-1]).group(1)
+    page.wait_for_timeout(300)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(RESULTS / "web-chat-callback.png"))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not any(ticket in c for c in web_chat.wecom.contents()):
+        time.sleep(0.2)
+    [posted] = [c for c in web_chat.wecom.contents() if ticket in c]
+    assert "137****2468" in posted and "13700002468" not in posted and "网页" in posted
