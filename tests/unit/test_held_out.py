@@ -68,3 +68,7 @@ def test_blind_set_is_held_out():
 def test_dev_set_is_held_out():
     assert DEV.exists(), f"{DEV} is missing"
     _assert_held_out("merchant dev set", _tsv_messages(DEV), 200)
+
+
+def test_handoff_blind_set_is_held_out():
+    _assert_held_out("handoff blind set", _tsv_messages(ROOT / "tests" / "blind" / "handoff_set.tsv"), 60)
