@@ -229,8 +229,11 @@ def _message_line(kind: str, timestamp: Any, data: Any) -> str | None:
         moment = dt.datetime.fromtimestamp(float(timestamp), BEIJING).strftime("%m-%d %H:%M:%S")
     except (TypeError, ValueError, OverflowError, OSError):
         moment = "??-?? ??:??:??"
-    who = "客户" if kind == "user" else "机器人"
-    return f"  {moment} {who}：{mask_transcript(text)}"
+    if kind == "user":
+        return f"  {moment} 客户：{mask_transcript(text)}"
+    # The bot's own sentences never hold a phone tail or a full number (it shows 138****8000),
+    # and its times and ticket numbers should stay readable.
+    return f"  {moment} 机器人：{text}"
 
 
 def print_transcript(conversation: str, out: Any) -> None:

@@ -83,7 +83,11 @@ def redact_event_dict(data: Dict[str, Any], requested: Optional[str] = None) -> 
     data = copy.deepcopy(data)
     kind = data.get("event")
     if kind == "slot":
-        data["value"] = MASK
+        name, value = data.get("name"), data.get("value")
+        if name in (PHONE_TAIL, TERMINAL_ID) or not isinstance(value, str):
+            data["value"] = MASK
+        else:  # free text (a callback's topic): only the number in it
+            data["value"] = _mask_text(value, None)
     elif kind == "user":
         parse = data.get("parse_data") or {}
         data["text"] = _mask_text(data.get("text"), requested)

@@ -178,3 +178,14 @@ def test_a_paused_conversation_gets_no_bot_answers_even_after_a_restart(handoff_
 
     append(handoff_bot, monkeypatch, f"rest:{sender}", ConversationResumed())
     assert_said(handoff_bot.texts(sender, "押金能退吗"), "utter_deposit")
+
+
+def test_a_topic_with_a_number_in_it_is_kept_without_the_number(handoff_bot):
+    sender = new_sender()
+    handoff_bot.texts(sender, "转人工")
+    handoff_bot.texts(sender, "好的")
+    handoff_bot.texts(sender, "押金退款的事，我手机13800001111")
+    handoff_bot.texts(sender, "同意")
+    assert said(handoff_bot.texts(sender, "13800001111"), "utter_callback_created", phone="138****1111")
+    [row] = tickets(handoff_bot, f"rest:{sender}")
+    assert row["topic"] == "押金退款的事，我手机****" and row["phone"] == "13800001111"

@@ -9,7 +9,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
-from tests.support.expect import said, says, reply
+from tests.support.expect import reply, said, says
 from tests.support.servers import MODEL, ROOT, Bot
 
 ANSWERS = ROOT / "tests" / "blind" / "callback_answers.tsv"

@@ -82,3 +82,8 @@ def test_masking_leaves_the_conversation_in_memory_as_it_was(tmp_path, monkeypat
     asyncio.run(UrlSQLTrackerStore(domain=domain).save(tracker))
     assert [event.as_dict() for event in tracker.events] == before
     assert tracker.events[2].parse_data["entities"][0]["value"] == "0839"
+
+
+def test_a_phone_number_in_a_free_text_slot_is_masked_and_the_rest_kept():
+    slot = SlotSet("callback_topic", "押金退款的事 我的手机138 0000 6721").as_dict()
+    assert redact_event_dict(slot, None)["value"] == "押金退款的事 我的手机" + MASK
