@@ -14,12 +14,11 @@ The bot never promises a time: it says the service hours and, outside them, when
 """
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import re
 import time
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+from typing import Any, Dict, List, Optional
 
 from rasa_sdk import Action, FormValidationAction, Tracker
 from rasa_sdk.events import ConversationPaused, EventType, FollowupAction, SlotSet
@@ -27,8 +26,8 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
 from actions import notify
+from actions.backend import BackendFailure, registry_call
 from actions.config import get_settings
-from actions.registry import RegistryError
 from actions.tickets import Ticket, TicketStore, find_mobile, mask_phone, normalize_mobile
 from actions.verification import verified_terminal
 from lakala_common.service_hours import ServiceHours, ServiceHoursError, wechat_handoff_enabled
@@ -36,7 +35,6 @@ from lakala_common.text import normalized
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 WECHAT = "wechat"
 HANDOFF_AT = "handoff_at"
 CALLBACK_SLOTS = ("callback_topic", "callback_consent", "callback_phone")
@@ -48,18 +46,6 @@ CANCEL_INTENTS = {"deny", "goodbye"}
 FAILED = "failed"  # callback_consent after the ticket store failed: the form ends, the apology was said
 YES = re.compile(r"^(?:好|好的|行|可以|同意|我同意|是|是的|对|嗯|嗯嗯|ok|okay|没问题|打吧|可以打)[啊吧呀的了！!。.~]*$")
 NO = re.compile(r"(?:不同意|不要|不用|别打|不行|不可以|算了|不需要|不方便|拒绝)")
-
-
-class Unavailable(Exception):
-    """The ticket store could not answer in time."""
-
-
-async def store_call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    timeout = get_settings().db_timeout_seconds + 1
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(function, *args, **kwargs), timeout)
-    except (RegistryError, asyncio.TimeoutError, OSError) as error:
-        raise Unavailable(str(error)) from error
 
 
 def service_hours() -> ServiceHours:
@@ -111,8 +97,8 @@ class ActionHandoff(Action):
             dispatcher.utter_message(response="utter_handoff_transfer")
             return [ConversationPaused(), SlotSet(HANDOFF_AT, time.time())]
         try:
-            ticket = await store_call(TicketStore().open_for, tracker.sender_id)
-        except Unavailable as error:
+            ticket = await registry_call(TicketStore().open_for, tracker.sender_id)
+        except BackendFailure as error:
             utter_backend_failed(dispatcher, error)
             return []
         if ticket is not None:
@@ -146,9 +132,9 @@ class ValidateCallbackForm(FormValidationAction):
         if tracker.get_slot("requested_slot") is None and tracker.get_slot("callback_topic") is None:
             # The form starts: a conversation with an open ticket is not asked again.
             try:
-                if await store_call(TicketStore().open_for, tracker.sender_id) is not None:
+                if await registry_call(TicketStore().open_for, tracker.sender_id) is not None:
                     return []
-            except Unavailable as error:
+            except BackendFailure as error:
                 logger.warning("cannot check for an open ticket: %s", error)
         return domain_slots
 
@@ -189,7 +175,7 @@ class ValidateCallbackForm(FormValidationAction):
             return {"callback_phone": None, "callback_consent": False}
         terminal = verified_terminal(tracker.get_slot("verified_terminal"), tracker.sender_id)
         try:
-            ticket, created = await store_call(
+            ticket, created = await registry_call(
                 TicketStore().open_ticket,
                 tracker.sender_id,
                 tracker.get_latest_input_channel() or "unknown",
@@ -197,7 +183,7 @@ class ValidateCallbackForm(FormValidationAction):
                 phone,
                 terminal,
             )
-        except (Unavailable, ValueError) as error:
+        except (BackendFailure, ValueError) as error:
             utter_backend_failed(dispatcher, error)
             return {"callback_phone": None, "callback_consent": FAILED}
         if created:
@@ -240,8 +226,8 @@ class ActionSubmitCallback(Action):
         hours = service_hours()
         texts = time_texts(domain, hours)
         try:
-            ticket = await store_call(TicketStore().open_for, tracker.sender_id)
-        except Unavailable as error:
+            ticket = await registry_call(TicketStore().open_for, tracker.sender_id)
+        except BackendFailure as error:
             utter_backend_failed(dispatcher, error)
             return reset
         if ticket is None:

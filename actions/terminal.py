@@ -4,7 +4,6 @@ follow-up questions about the verified terminal, and deregistration requests.
 The actions only translate between the conversation and the registry; every
 sentence is a response in domain.yml.
 """
-import asyncio
 import datetime as dt
 import logging
 import re
@@ -16,12 +15,11 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-from actions import policy
-from actions.config import get_settings
+from actions import backend, policy
+from actions.backend import BackendFailure
 from actions.handoff import hand_over_after_lockout
 from actions.registry import (
     AlreadyDeregistered,
-    RegistryError,
     TerminalNotFound,
     TerminalStatus,
     get_registry,
@@ -70,19 +68,9 @@ STATE_RESPONSES = {
 }
 
 
-class BackendFailure(Exception):
-    """The registry could not answer in time."""
-
-
 async def registry_call(function: Callable[..., T], *args: Any) -> T:
-    """Runs a blocking registry call off the event loop, bounded by the DB timeout."""
-    timeout = get_settings().db_timeout_seconds + 1
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(function, *args), timeout)
-    except (TerminalNotFound, AlreadyDeregistered):
-        raise
-    except (RegistryError, asyncio.TimeoutError, OSError) as error:
-        raise BackendFailure(str(error)) from error
+    """A registry call whose not-found and already-deregistered answers reach the action."""
+    return await backend.registry_call(function, *args, passthrough=(TerminalNotFound, AlreadyDeregistered))
 
 
 def day(value: Optional[dt.date]) -> str:

@@ -65,10 +65,10 @@ def wait_for(condition, seconds: float = 15.0):
     return condition()
 
 
-def ask_for_callback(bot: Bot, sender: str) -> None:
+def ask_for_callback(bot: Bot, sender: str, topic: str = TOPIC) -> None:
     assert_said(bot.texts(sender, "转人工"), "utter_handoff_offer", hours="每天 00:00-24:00")
     assert_said(bot.texts(sender, "好的"), "utter_ask_callback_topic")
-    assert_said(bot.texts(sender, TOPIC), "utter_ask_callback_consent", retention_days="30")
+    assert_said(bot.texts(sender, topic), "utter_ask_callback_consent", retention_days="30")
 
 
 def test_a_callback_request_becomes_one_ticket_and_the_team_is_told(handoff_bot, wecom):
@@ -182,9 +182,7 @@ def test_a_paused_conversation_gets_no_bot_answers_even_after_a_restart(handoff_
 
 def test_a_topic_with_a_number_in_it_is_kept_without_the_number(handoff_bot):
     sender = new_sender()
-    handoff_bot.texts(sender, "转人工")
-    handoff_bot.texts(sender, "好的")
-    handoff_bot.texts(sender, "押金退款的事，我手机13800001111")
+    ask_for_callback(handoff_bot, sender, "押金退款的事，我手机13800001111")
     handoff_bot.texts(sender, "同意")
     assert said(handoff_bot.texts(sender, "13800001111"), "utter_callback_created", phone="138****1111")
     [row] = tickets(handoff_bot, f"rest:{sender}")

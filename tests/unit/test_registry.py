@@ -29,6 +29,7 @@ from actions.registry import (
     terminals,
 )
 from tests.postgres import postgres_schema
+from tests.support.threads import run_in_threads
 
 POLICY = Policy(dormant_months=3, auto_deregister_months=6, deregistration_working_days=15)
 T = dt.date(2026, 9, 30)
@@ -83,23 +84,6 @@ def count_requests(registry: Registry, terminal_id: str) -> int:
         return int(conn.execute(query).scalar_one())
 
 
-def run_in_threads(count: int, target: Callable[[], object]) -> list[object]:
-    barrier = threading.Barrier(count)
-    results: list[object] = [None] * count
-
-    def worker(index: int) -> None:
-        barrier.wait()
-        try:
-            results[index] = target()
-        except Exception as error:  # collected and asserted by the test
-            results[index] = error
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    return results
 
 
 # --- seeding and states ---------------------------------------------------------------------------
@@ -180,7 +164,7 @@ def test_two_processes_seeding_at_once(make_registry: Callable[..., Registry]) -
     counter = iter(registries)
     lock = threading.Lock()
 
-    def first_use() -> object:
+    def first_use(_: int) -> object:
         with lock:
             own = next(counter)
         return own.find("30091254")
@@ -359,7 +343,7 @@ def test_concurrent_requests_create_one(registry: Registry, make_registry: Calla
     counter = iter(workers)
     lock = threading.Lock()
 
-    def request() -> object:
+    def request(_: int) -> object:
         with lock:
             own = next(counter)
         return own.request_deregistration("K7306118", today=T)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,6 +24,7 @@ from actions.tickets import (
     normalize_mobile,
 )
 from tests.postgres import postgres_schema
+from tests.support.threads import run_in_threads
 
 TIMEOUT = 2.0
 T0 = dt.datetime(2026, 9, 30, 6, 30, tzinfo=dt.timezone.utc)  # 14:30 in Beijing
@@ -75,23 +75,6 @@ def rows(store: TicketStore, conversation: str | None = None) -> list[sa.Row]:
         return list(conn.execute(query))
 
 
-def run_in_threads(count: int, target: Callable[[int], object]) -> list[object]:
-    barrier = threading.Barrier(count)
-    results: list[object] = [None] * count
-
-    def worker(index: int) -> None:
-        barrier.wait()
-        try:
-            results[index] = target(index)
-        except Exception as error:  # collected and asserted by the test
-            results[index] = error
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    return results
 
 
 # --- opening ---------------------------------------------------------------------------------------
