@@ -187,3 +187,14 @@ def test_a_topic_with_a_number_in_it_is_kept_without_the_number(handoff_bot):
     assert said(handoff_bot.texts(sender, "13800001111"), "utter_callback_created", phone="138****1111")
     [row] = tickets(handoff_bot, f"rest:{sender}")
     assert row["topic"] == "押金退款的事，我手机****" and row["phone"] == "13800001111"
+
+
+def test_a_question_about_the_article_is_answered_and_the_form_goes_on(handoff_bot):
+    sender = new_sender()
+    ask_for_callback(handoff_bot, sender)
+    assert_turn(handoff_bot.texts(sender, "押金能退吗"), reply("utter_deposit"),
+                reply("utter_ask_callback_consent", retention_days="30"))
+    assert_said(handoff_bot.texts(sender, "同意"), "utter_ask_callback_phone")
+    assert_turn(handoff_bot.texts(sender, "注销要多久"), reply("utter_deregister_duration"),
+                reply("utter_ask_callback_phone"))
+    assert said(handoff_bot.texts(sender, "13800002222"), "utter_callback_created", phone="138****2222")
