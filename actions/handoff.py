@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 WECHAT = "wechat"
 HANDOFF_AT = "handoff_at"
 CALLBACK_SLOTS = ("callback_topic", "callback_consent", "callback_phone")
+CALLBACK_TICKET = "callback_ticket"
 TOPIC_MIN_CHARS = 2
 TOPIC_MAX_CHARS = 200
 # Messages that answer "what is it about" with no topic at all.
@@ -95,7 +96,7 @@ class ActionHandoff(Action):
         is_open = hours.is_open()
         if tracker.get_latest_input_channel() == WECHAT and wechat_handoff_enabled() and is_open:
             dispatcher.utter_message(response="utter_handoff_transfer")
-            return [ConversationPaused(), SlotSet(HANDOFF_AT, time.time())]
+            return [ConversationPaused(), SlotSet(HANDOFF_AT, time.time()), SlotSet(CALLBACK_TICKET, None)]
         try:
             ticket = await registry_call(TicketStore().open_for, tracker.sender_id)
         except BackendFailure as error:
@@ -103,9 +104,10 @@ class ActionHandoff(Action):
             return []
         if ticket is not None:
             utter_ticket(dispatcher, "utter_callback_exists", ticket, texts)
-            return []
+            # Remembered for the form, should the merchant say yes anyway: it asks nothing then.
+            return [SlotSet(CALLBACK_TICKET, ticket.ticket_id)]
         dispatcher.utter_message(response="utter_handoff_offer" if is_open else "utter_handoff_offer_closed", **texts)
-        return []
+        return [SlotSet(CALLBACK_TICKET, None)]
 
 
 def _intent(tracker: Tracker) -> Optional[str]:
@@ -127,15 +129,10 @@ class ValidateCallbackForm(FormValidationAction):
     ) -> List[str]:
         # Also called before validation, with the slots as extracted (the consent as typed).
         consent = tracker.get_slot("callback_consent")
-        if consent is False or consent == FAILED or tracker.get_slot("callback_ticket"):
-            return []  # declined, failed, or the ticket is made
-        if tracker.get_slot("requested_slot") is None and tracker.get_slot("callback_topic") is None:
-            # The form starts: a conversation with an open ticket is not asked again.
-            try:
-                if await registry_call(TicketStore().open_for, tracker.sender_id) is not None:
-                    return []
-            except BackendFailure as error:
-                logger.warning("cannot check for an open ticket: %s", error)
+        # The form runs right after action_handoff, which set callback_ticket to an open ticket
+        # it found, or to None.
+        if consent is False or consent == FAILED or tracker.get_slot(CALLBACK_TICKET):
+            return []  # declined, failed, an open ticket already, or the ticket is made
         return domain_slots
 
     async def validate_callback_topic(
@@ -190,7 +187,7 @@ class ValidateCallbackForm(FormValidationAction):
             notify.kick()
         logger.info("callback ticket %s %s for %s", ticket.ticket_id, "created" if created else "kept",
                     tracker.sender_id)
-        return {"callback_phone": mask_phone(phone), "callback_ticket": ticket.ticket_id}
+        return {"callback_phone": mask_phone(phone), CALLBACK_TICKET: ticket.ticket_id}
 
 
 class ActionAskCallbackConsent(Action):
@@ -216,7 +213,7 @@ class ActionSubmitCallback(Action):
     async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> List[EventType]:
-        reset = [SlotSet(name, None) for name in CALLBACK_SLOTS + ("callback_ticket",)]
+        reset = [SlotSet(name, None) for name in CALLBACK_SLOTS + (CALLBACK_TICKET,)]
         consent = tracker.get_slot("callback_consent")
         if consent == FAILED:
             return reset
@@ -225,17 +222,18 @@ class ActionSubmitCallback(Action):
             return reset
         hours = service_hours()
         texts = time_texts(domain, hours)
-        try:
+        ticket_id, phone = tracker.get_slot(CALLBACK_TICKET), tracker.get_slot("callback_phone")
+        if ticket_id and phone:  # made when the number was given: the slots hold all it says
+            response = "utter_callback_created" if hours.is_open() else "utter_callback_created_closed"
+            dispatcher.utter_message(response=response, ticket_id=ticket_id, phone=phone, **texts)
+            return reset
+        try:  # an open ticket from before, which action_handoff found
             ticket = await registry_call(TicketStore().open_for, tracker.sender_id)
         except BackendFailure as error:
             utter_backend_failed(dispatcher, error)
             return reset
         if ticket is None:
             utter_backend_failed(dispatcher, RuntimeError("the callback form ended without a ticket"))
-        elif ticket.ticket_id != tracker.get_slot("callback_ticket"):
-            utter_ticket(dispatcher, "utter_callback_exists", ticket, texts)
-        elif hours.is_open():
-            utter_ticket(dispatcher, "utter_callback_created", ticket, texts)
         else:
-            utter_ticket(dispatcher, "utter_callback_created_closed", ticket, texts)
+            utter_ticket(dispatcher, "utter_callback_exists", ticket, texts)
         return reset

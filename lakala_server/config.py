@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Mapping, Optional, Tuple, Union
 
-from lakala_common.service_hours import handoff_timeout_seconds, wechat_handoff_enabled
+from lakala_common.service_hours import handoff_timeout_seconds
 from lakala_common.settings import number_from_env
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,6 @@ class ServerSettings:
     redis_url: str  # REDIS_URL: shared state of several replicas; empty: one process, state in memory
     wechat_outbox_reclaim_seconds: float  # WECHAT_OUTBOX_RECLAIM_SECONDS: a dead replica's answers resent after
     handoff_timeout_seconds: float = 1800.0  # HANDOFF_TIMEOUT_MINUTES: an idle paused conversation goes back to the bot
-    wechat_handoff: bool = False  # WECHAT_HANDOFF=1: the 公众号 transfers to its customer-service agents
 
     @property
     def max_request_bytes(self) -> int:
@@ -99,7 +98,6 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> ServerSettings:
         wechat_outbox_reclaim_seconds=number_from_env(
             "WECHAT_OUTBOX_RECLAIM_SECONDS", DEFAULT_WECHAT_OUTBOX_RECLAIM_SECONDS, environ=env),
         handoff_timeout_seconds=handoff_timeout_seconds(env),
-        wechat_handoff=wechat_handoff_enabled(env),
     )
 
 

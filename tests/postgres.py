@@ -7,8 +7,6 @@ skipped with the reason and a notice at the end of the run that names them, so t
 run never leaves them out silently."""
 import functools
 import os
-import socket
-import threading
 import uuid
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Tuple
@@ -17,6 +15,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
+
+from tests.support.relay import TcpRelay
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -81,65 +81,11 @@ def postgres_schema(base_url: str, prefix: str) -> Iterator[Tuple[str, str]]:
         admin.dispose()
 
 
-class Relay:
-    """A TCP relay in front of the real PostgreSQL server. `freeze()` makes it stop passing
-    bytes either way, as a network partition would: the connection stays open and a query
-    sent on it waits for an answer that never comes. `close()` ends every relayed connection."""
+class Relay(TcpRelay):
+    """A TCP relay in front of the real PostgreSQL server (tests/support/relay.py): `url` reaches
+    the same database through it, `freeze()` partitions it, `close()` ends its connections."""
 
     def __init__(self, url: str) -> None:
         target = make_url(url)
-        self._upstream = (target.host or "127.0.0.1", target.port or 5432)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = target.set(host="127.0.0.1", port=self._listener.getsockname()[1]).render_as_string(
-            hide_password=False)
-        self._frozen, self._closed = threading.Event(), threading.Event()
-        self._sockets: List[socket.socket] = [self._listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-                server = socket.create_connection(self._upstream)
-            except OSError:
-                return
-            self._sockets += [client, server]
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                if self._frozen.is_set():
-                    self._closed.wait()  # swallowed: it never arrives
-                    break
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def freeze(self) -> None:
-        self._frozen.set()
-
-    def close(self) -> None:
-        self._closed.set()
-        for sock in self._sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def __enter__(self) -> "Relay":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        super().__init__(target.host or "127.0.0.1", target.port or 5432)
+        self.url = target.set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)

@@ -82,7 +82,7 @@ TRANSITIONS: Dict[State, Set[State]] = {
                        State.NOTHING_TO_SEND},
     State.DEFERRED: {State.DEFERRED, State.DELIVERED_BY_RETRY, State.SENDING, State.NOTHING_TO_SEND},
     State.AWAITING_RETRY: {State.DELIVERED_BY_RETRY, State.SENDING},
-    State.SENDING: {State.DELIVERED_BY_API, State.QUEUED, State.CARRIED_OVER},
+    State.SENDING: {State.DELIVERED_BY_API, State.QUEUED, State.CARRIED_OVER, State.NOTHING_TO_SEND},
 }
 # A request for a message in these states waits for the answer.
 ANSWER_PENDING = {State.PROCESSING, State.DEFERRED}
@@ -113,7 +113,7 @@ class Outbox:
             # A transfer is a passive reply only. The conversation is paused, so the user's
             # next message is transferred; there is nothing to send now.
             logger.info("a transfer to customer service came too late for its passive reply")
-            return State.DELIVERED_BY_API
+            return State.NOTHING_TO_SEND
         if self.api is not None and self.stream is not None:
             try:
                 await self.stream.add(openid, reply)

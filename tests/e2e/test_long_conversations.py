@@ -12,12 +12,10 @@ refused and the user gets the apology, not an answer worked out on the old state
 import asyncio
 import itertools
 import json
-import socket
-import threading
 import urllib.error
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 import sqlalchemy as sa
@@ -27,7 +25,8 @@ from rasa.shared.core.events import ActionExecuted, UserUttered
 
 from lakala_server.tracker_store import UrlSQLTrackerStore
 from tests.support.expect import assert_said
-from tests.support.servers import DOMAIN, MODEL, ROOT, Bot, free_port
+from tests.support.relay import TcpRelay
+from tests.support.servers import DOMAIN, MODEL, ROOT, Bot
 
 FAILURE = DOMAIN["responses"]["utter_backend_failed"][0]
 
@@ -103,54 +102,13 @@ def stored_events(bot: Bot, sender: str) -> List[Tuple[str, str]]:
 # --- another server saves the conversation meanwhile ----------------------------------------------------------
 
 
-class ActionRelay:
-    """A TCP relay between the Rasa server and the action server that runs `before_call`
-    (once armed) when a request arrives, before passing it on."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.port = free_port()
-        self._upstream = upstream_port
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self.before_call: Optional[Callable[[], None]] = None
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self._upstream))
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, to_actions: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if to_actions and data.startswith(b"POST") and self.before_call is not None:
-                    hook, self.before_call = self.before_call, None
-                    hook()
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._listener.close()
-
-
 def test_a_message_answered_from_a_stale_read_gets_the_apology(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While the server waits for the action server, another server saves the same
     conversation (here: a store in this process appends a turn). The late save is refused:
     the user gets the apology (REST: with 503), nothing of that turn is stored, and the next message is
     answered from the conversation as the other server left it."""
     bot = Bot(tmp_path)
-    relay = ActionRelay(bot.action_port)
+    relay = TcpRelay("127.0.0.1", bot.action_port)
     endpoints = tmp_path / "endpoints.yml"
     config = yaml.safe_load(endpoints.read_text())
     config["action_endpoint"]["url"] = f"http://127.0.0.1:{relay.port}/webhook"
@@ -164,10 +122,10 @@ def test_a_message_answered_from_a_stale_read_gets_the_apology(tmp_path: Path, m
         assert_said(bot.texts(sender, "帮我查一下终端状态"), "utter_ask_terminal_id")
         before = stored_events(bot, f"rest:{sender}")
 
-        relay.before_call = lambda: other_server_answers(other, f"rest:{sender}")
+        relay.before_request = lambda: other_server_answers(other, f"rest:{sender}")
         with pytest.raises(urllib.error.HTTPError) as refused:  # the form asks the action server to check it
             bot.send(sender, "K7306118")
-        assert relay.before_call is None, "the action server was not called"
+        assert relay.before_request is None, "the action server was not called"
         # 503 with the apology: the message was not kept, and a client may send it again.
         assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "2"
         assert json.loads(refused.value.read()) == [{"recipient_id": f"rest:{sender}", **FAILURE}]

@@ -7,8 +7,9 @@ import json
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Tuple
 
 import pytest
 import sqlalchemy as sa
@@ -409,6 +410,17 @@ def with_backend(backend: str, tmp_path: Path, request: pytest.FixtureRequest, p
     with postgres_schema(request.getfixturevalue("postgres_base_url"), prefix) as (_, url):
         yield url
 
+@contextmanager
+def two_servers(domain: Domain) -> Iterator[Tuple[UrlSQLTrackerStore, UrlSQLTrackerStore]]:
+    """Two stores on TRACKER_DB_URL with their own engines, as two server processes have."""
+    first, second = UrlSQLTrackerStore(domain=domain), UrlSQLTrackerStore(domain=domain)
+    try:
+        yield first, second
+    finally:
+        first.engine.dispose()
+        second.engine.dispose()
+
+
 
 def rows_of(store: UrlSQLTrackerStore, sender_id: str) -> list[tuple[str, str]]:
     with store.engine.connect() as connection:
@@ -461,8 +473,7 @@ def test_two_servers_saving_the_same_read_one_is_refused(
     both answer: one save wins, the other raises ConversationChanged and writes nothing."""
     for url in with_backend(backend, tmp_path, request, "test_stale"):
         monkeypatch.setenv("TRACKER_DB_URL", url)
-        first, second = UrlSQLTrackerStore(domain=domain), UrlSQLTrackerStore(domain=domain)
-        try:
+        with two_servers(domain) as (first, second):
             start = time.time() - 600
             tracker = asyncio.run(first.get_or_create_tracker("shared"))
             for event in lookup_conversation(start)[1:]:
@@ -498,9 +509,6 @@ def test_two_servers_saving_the_same_read_one_is_refused(
             texts = [json.loads(data).get("text") for kind, data in rows_of(first, "shared") if kind == "user"]
             assert texts[-2:] == [winner_text, "怎么注销"]
             assert len(rows_of(first, "shared")) == len(before) + 8
-        finally:
-            first.engine.dispose()
-            second.engine.dispose()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -509,8 +517,7 @@ def test_two_servers_starting_the_same_new_conversation_one_is_refused(
 ) -> None:
     for url in with_backend(backend, tmp_path, request, "test_stale_new"):
         monkeypatch.setenv("TRACKER_DB_URL", url)
-        first, second = UrlSQLTrackerStore(domain=domain), UrlSQLTrackerStore(domain=domain)
-        try:
+        with two_servers(domain) as (first, second):
             start = time.time() - 600
             a = asyncio.run(first.get_or_create_tracker("newcomer"))
             b = asyncio.run(second.get_or_create_tracker("newcomer"))
@@ -525,9 +532,6 @@ def test_two_servers_starting_the_same_new_conversation_one_is_refused(
             texts = [json.loads(data).get("text") for kind, data in rows_of(first, "newcomer") if kind == "user"]
             assert texts == ["你好"]
             assert len(rows_of(first, "newcomer")) == len(a.events)
-        finally:
-            first.engine.dispose()
-            second.engine.dispose()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -546,8 +550,7 @@ def test_a_conversation_stored_before_the_state_row_is_read_and_continued(
             assert not sa.inspect(old.engine).has_table("lakala_conversation_state")
         finally:
             old.engine.dispose()
-        first, second = UrlSQLTrackerStore(domain=domain), UrlSQLTrackerStore(domain=domain)
-        try:
+        with two_servers(domain) as (first, second):
             restored = retrieve(first, "regular")
             assert_same_conversation(restored, original)
             stale = retrieve(second, "regular")
@@ -566,6 +569,3 @@ def test_a_conversation_stored_before_the_state_row_is_read_and_continued(
             assert again is not None
             assert as_dicts(again.events) == as_dicts(restored.events)
             assert len(rows_of(first, "regular")) == len(original.events) + 4
-        finally:
-            first.engine.dispose()
-            second.engine.dispose()
