@@ -8,7 +8,9 @@ Masked, in the text of user messages and in slot values:
 - four to seven digits while the bot asks for the terminal number (a tail typed too early,
   which the form would otherwise keep in the terminal_id slot);
 - the phone_tail slot, and a terminal_id slot value that is not a terminal number.
-Terminal numbers themselves are not secret and stay readable.
+Terminal numbers themselves are not secret and stay readable. So is the verified-terminal
+marker, which the action server signs and no merchant types: its MAC is hex, and a run of
+digits in it that looks like a phone number must not be masked, or the marker stops matching.
 """
 import copy
 import re
@@ -21,6 +23,8 @@ from lakala_common.log_masking import DIGIT_RUN
 
 PHONE_TAIL = "phone_tail"
 TERMINAL_ID = "terminal_id"
+# Slots only the action server sets, in a fixed format that holds no merchant text.
+SIGNED_SLOTS = frozenset({"verified_terminal"})
 MASK = "****"
 TERMINAL_ID_RE = re.compile(r"[0-9A-Za-z]{8}")
 
@@ -54,7 +58,7 @@ def _entities(data: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 def _slot_needs_mask(name: Any, value: Any) -> bool:
     text = str(value or "")
-    if not DIGIT_RUN.search(text):
+    if name in SIGNED_SLOTS or not DIGIT_RUN.search(text):
         return False
     if name == PHONE_TAIL:
         return True

@@ -87,3 +87,35 @@ def test_masking_leaves_the_conversation_in_memory_as_it_was(tmp_path, monkeypat
 def test_a_phone_number_in_a_free_text_slot_is_masked_and_the_rest_kept():
     slot = SlotSet("callback_topic", "押金退款的事 我的手机138 0000 6721").as_dict()
     assert redact_event_dict(slot, None)["value"] == "押金退款的事 我的手机" + MASK
+
+
+def _marker_with_a_phone_like_run(monkeypatch):
+    """A real verified-terminal marker whose MAC holds 11 digits starting with 1, as about one
+    marker in 500 does; the search over conversations is deterministic with a fixed secret."""
+    from actions import verification
+
+    monkeypatch.setenv("VERIFICATION_SECRET", "a-fixed-secret-for-this-test")
+    for n in range(100_000):
+        sender = f"wechat:user{n}"
+        marker = verification.sign("30091254", sender, now=1_800_000_000)
+        if redact_event_dict({"event": "user", "text": marker})["text"] != marker:
+            return sender, marker
+    raise AssertionError("no marker with a phone-like run found")
+
+
+def test_a_verified_terminal_marker_is_stored_as_it_was_signed(tmp_path, monkeypatch):
+    """Masking a digit run inside the marker's MAC made a fresh verification read as expired
+    on the next turn (seen in CI: "身份核实已过期" right after the lookup)."""
+    from actions import verification
+
+    sender, marker = _marker_with_a_phone_like_run(monkeypatch)
+    monkeypatch.setenv("TRACKER_DB_URL", f"sqlite:///{tmp_path / 'tracker.db'}")
+    domain = Domain.load(str(ROOT / "domain.yml"))
+    events = _tail_turn() + [SlotSet("verified_terminal", marker)]
+    asyncio.run(UrlSQLTrackerStore(domain=domain).save(DialogueStateTracker.from_events(sender, events, domain.slots)))
+
+    restored = asyncio.run(UrlSQLTrackerStore(domain=domain).retrieve(sender))
+    assert restored.get_slot("verified_terminal") == marker
+    proved = verification.verified_terminal(restored.get_slot("verified_terminal"), sender, now=1_800_000_001)
+    assert proved == "30091254"
+    assert redact_event_dict(SlotSet("verified_terminal", marker).as_dict(), None)["value"] == marker
